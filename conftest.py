@@ -1,0 +1,7 @@
+"""Root conftest: import torch and torchvision before anything loads TensorFlow.
+
+Importing torchvision after TensorFlow segfaults on this stack (shared/ENVIRONMENT.md).
+"""
+
+import torch  # noqa: F401
+import torchvision  # noqa: F401

@@ -1,0 +1,94 @@
+"""Layers with PyTorch's exact semantics: adaptive average pooling, AlexNet's LRN, BatchNorm."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vgg_flax import configs
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) averaging weights of PyTorch's AdaptiveAvgPool along one axis.
+
+    Output i averages inputs floor(i * in / out) up to ceil((i + 1) * in / out), exclusive.
+    """
+    weights = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = math.ceil((i + 1) * in_size / out_size)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x: jnp.ndarray, output_size: tuple[int, int]) -> jnp.ndarray:
+    """PyTorch's `adaptive_avg_pool2d` on an NHWC array, for any input size."""
+    height, width = x.shape[1:3]
+    if (height, width) == tuple(output_size):
+        return x  # every window is one pixel: the identity, exactly
+    rows = jnp.asarray(adaptive_pool_matrix(height, output_size[0]), x.dtype)
+    cols = jnp.asarray(adaptive_pool_matrix(width, output_size[1]), x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, precision="highest")
+
+
+def local_response_norm(
+    x: jnp.ndarray,
+    size: int = configs.LRN_SIZE,
+    alpha: float = configs.LRN_ALPHA,
+    beta: float = configs.LRN_BETA,
+    k: float = configs.LRN_K,
+) -> jnp.ndarray:
+    """AlexNet's LRN across the channels of an NHWC array.
+
+    b_i = a_i / (k + alpha * sum_j a_j^2)^beta over the `size` channels centred on i; alpha is
+    not divided by `size` (PyTorch's LocalResponseNorm divides it, so it needs alpha * size).
+    """
+    squares = jnp.square(x)
+    pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
+    padded = jnp.pad(squares, pad)
+    channels = x.shape[-1]
+    window_sum = sum(padded[..., j : j + channels] for j in range(size))
+    return x / jnp.power(k + alpha * window_sum, beta)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with PyTorch's BatchNorm2d semantics.
+
+    Normalises with the batch's biased variance when training and updates the running variance
+    with the unbiased one, as PyTorch does (Flax's own BatchNorm stores the biased variance).
+    Variables: params `scale`, `bias`; batch_stats `mean`, `var`.
+    """
+
+    momentum: float = configs.BN_MOMENTUM
+    epsilon: float = configs.BN_EPSILON
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Normalise x with batch statistics when training, running statistics otherwise."""
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        dtype = self.dtype or x.dtype
+        if train:
+            stats_x = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(stats_x, axes)
+            var = jnp.mean(jnp.square(stats_x - mean), axes)
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                unbiased = var * (count / max(count - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        inv = scale.astype(jnp.float32) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
+        shift = bias.astype(jnp.float32) - mean * inv
+        return (x * inv.astype(dtype) + shift.astype(dtype)).astype(dtype)

@@ -1,0 +1,175 @@
+"""The VGG family as one Linen module, built from the paper's layer lists.
+
+fc6 is stored as a 7x7 convolution and fc7/fc8 as 1x1 convolutions, so one set of weights runs
+both as a torchvision-style classifier (adaptive pooling of pool5 to 7x7, then the head) and as
+the paper's fully convolutional net for dense evaluation (section 3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vgg_flax import configs
+from vgg_flax.initializers import INITS, kernel_init
+from vgg_flax.layers import BatchNorm, adaptive_avg_pool, local_response_norm
+
+MODES = ("classify", "dense", "dense_map")
+
+
+class VGG(nn.Module):
+    """A VGG network of Table 1 (config "A", "A-LRN", "B", "C", "D" or "E"), NHWC input.
+
+    `__call__(images, train=False, *, mode="classify", features=())`:
+    - mode "classify": logits (N, num_classes), for any input of at least 32x32;
+    - mode "dense": the dense-evaluation score map averaged over space, (N, num_classes);
+    - mode "dense_map": the class score map itself, (N, h, w, num_classes), input >= 224x224;
+    - features: names from `configs.activation_names` (e.g. "relu4_2", "pool5", "fc7",
+      "logits"); when given, a dict of those activations is returned instead, and the network
+      stops after the last one asked for.
+    """
+
+    config: str = "D"
+    batch_norm: bool = False
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    weight_init: str = "paper"
+    init_std: float = 0.01
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    def _conv(self, name: str, features: int, kernel: int, head: bool) -> nn.Conv:
+        pad = "VALID" if head else ((kernel // 2,) * 2,) * 2
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            padding=pad,
+            kernel_init=kernel_init(self.weight_init, head=head, std=self.init_std),
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        images: jax.Array,
+        train: bool = False,
+        *,
+        mode: str = "classify",
+        features: Sequence[str] = (),
+    ) -> jax.Array | dict[str, jax.Array]:
+        """Run the network; see the class docstring for modes and named features."""
+        wanted = self._check(images, mode, features)
+        found: dict[str, jax.Array] = {}
+
+        def keep(name: str, value: jax.Array) -> bool:
+            """Record a wanted activation; True once every wanted one is recorded."""
+            if name in wanted:
+                found[name] = value
+            return bool(wanted) and len(found) == len(wanted)
+
+        x = images.astype(self.dtype)
+        for layer in configs.layers(self.config):
+            if layer.kind == "conv":
+                suffix = layer.name[len("conv") :]
+                x = self._conv(layer.name, layer.features, layer.kernel, head=False)(x)
+                if keep(layer.name, x):
+                    return found
+                if self.batch_norm:
+                    bn = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn{suffix}")
+                    x = bn(x, train)
+                    if keep(f"bn{suffix}", x):
+                        return found
+                x = nn.relu(x)
+                name = f"relu{suffix}"
+            elif layer.kind == "pool":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                name = layer.name
+            else:
+                x = local_response_norm(x)
+                name = layer.name
+            if keep(name, x):
+                return found
+
+        if mode == "classify":
+            x = adaptive_avg_pool(x, (configs.HEAD_INPUT_SIZE,) * 2)
+        head = (
+            ("6", configs.HEAD_WIDTH, configs.HEAD_INPUT_SIZE),
+            ("7", configs.HEAD_WIDTH, 1),
+            ("8", self.num_classes, 1),
+        )
+        for suffix, width, kernel in head:
+            x = self._conv(f"fc{suffix}", width, kernel, head=True)(x)
+            if suffix == "8":
+                break
+            if keep(f"fc{suffix}", self._squeeze(x, mode)):
+                return found
+            x = nn.relu(x)
+            if keep(f"relu{suffix}", self._squeeze(x, mode)):
+                return found
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = self._squeeze(x, mode)
+        if keep("fc8", x):
+            return found
+        if mode == "dense":
+            x = jnp.mean(x, axis=(1, 2))
+        if keep("logits", x):
+            return found
+        return x
+
+    @staticmethod
+    def _squeeze(x: jax.Array, mode: str) -> jax.Array:
+        # The classifier's head maps are 1x1: hand back (N, C) as torchvision's Linear layers do.
+        return x.reshape(x.shape[0], x.shape[-1]) if mode == "classify" else x
+
+    def _check(self, images: jax.Array, mode: str, features: Sequence[str]) -> set[str]:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if self.weight_init not in INITS:
+            raise ValueError(f"unknown init {self.weight_init!r}; choose one of {', '.join(INITS)}")
+        if images.ndim != 4:
+            raise ValueError(
+                f"expected a batch of images of shape (N, H, W, 3), got rank {images.ndim} shape "
+                f"{tuple(images.shape)}; add a batch axis with images[None] for a single image"
+            )
+        if images.shape[-1] != 3:
+            raise ValueError(
+                f"expected 3 colour channels in the last axis (NHWC), got shape "
+                f"{tuple(images.shape)}; for NCHW arrays use images.transpose(0, 2, 3, 1)"
+            )
+        height, width = images.shape[1:3]
+        least = configs.MIN_CLASSIFY_SIZE if mode == "classify" else configs.MIN_DENSE_SIZE
+        if height < least or width < least:
+            raise ValueError(
+                f"images of {height}x{width} are too small for mode {mode!r}: it needs at least "
+                f"{least}x{least}; resize the images (dense evaluation needs fc6's 7x7 window "
+                "to fit the pool5 map)"
+            )
+        known = configs.activation_names(self.config, self.batch_norm)
+        unknown = [name for name in features if name not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown feature names {unknown} for config {self.config}"
+                f"{' with BatchNorm' if self.batch_norm else ''}; known: {', '.join(known)}"
+            )
+        return set(features)
+
+
+def create_model(
+    name: str, *, batch_norm: bool = False, num_classes: int = 1000, **options: Any
+) -> VGG:
+    """Build a VGG from a config letter ("A", "A-LRN", "B", "C", "D", "E") or torchvision name.
+
+    torchvision's `_bn` names imply batch_norm=True. Other options (dropout_rate, weight_init,
+    init_std, dtype, param_dtype, precision) go to `VGG`.
+    """
+    config, named_bn = configs.resolve(name)
+    return VGG(config=config, batch_norm=batch_norm or named_bn, num_classes=num_classes, **options)
