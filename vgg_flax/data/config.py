@@ -1,0 +1,101 @@
+"""The input pipeline's options: defaults per source, and validation with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from vgg_flax import configs
+
+NORMALIZE_MODES = ("mean_rgb", "torchvision", "caffe")
+CORRUPT_MODES = ("error", "skip")
+
+
+def default_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """Defaults for `overrides.get("source", "digits")`, with `overrides` applied.
+
+    digits: 32x32 renders, no rescale, whole-image crop, no flip (a flipped digit is another
+    symbol), no colour shift. Other sources: the paper's S=256, random 224 crop, flip, PCA
+    lighting 0.1, ImageNet's mean RGB.
+    """
+    source = overrides.get("source", "digits")
+    digits = source == "digits"
+    size = overrides.get("image_size") or 32
+    cfg = dict(
+        source=source,
+        data_dir=None,  # TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets)
+        manual_dir=None,  # imagenet2012: folder with ILSVRC2012_img_{train,val}.tar
+        folder=None,  # source="folder": folder/<split>/<class>/<images>
+        split="train",  # training split
+        eval_split="test" if digits else "validation",
+        image_size=size,  # digits render size
+        crop_size=size if digits else configs.CROP_SIZE,
+        scale=size if digits else configs.TRAIN_SCALE,  # fixed S (smaller side)
+        scale_range=None,  # (Smin, Smax): scale jittering, overrides `scale`
+        random_crop=True,  # False: centre crop (augmentation off)
+        flip=not digits,
+        pca_lighting=0.0 if digits else configs.PCA_LIGHTING_STD,  # std of alpha; 0 disables
+        pca_eigval=None,  # None: ImageNet's (configs.IMAGENET_PCA_EIGVAL)
+        pca_eigvec=None,  # columns are eigenvectors; None: ImageNet's
+        normalize="mean_rgb",
+        mean_rgb=None,  # 0-255 RGB; None: the digits' own mean, else ImageNet's mean pixel
+        eval_scale=size if digits else configs.TORCHVISION_RESIZE,  # Q of the centre protocol
+        shuffle_buffer=10_000,
+        on_corrupt="error",  # "skip": drop undecodable images and count them
+        prefetch=2,  # batches prepared ahead
+    )
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown data options {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def resolve(data_config: Mapping[str, Any] | ml_collections.ConfigDict | None) -> dict[str, Any]:
+    """A complete, validated plain dict: missing fields take the source's defaults."""
+    given = dict(data_config.items()) if data_config is not None else {}
+    cfg = dict(default_config(**given).items())
+    _validate(cfg)
+    if cfg["mean_rgb"] is None:
+        cfg["mean_rgb"] = _default_mean(cfg)
+    cfg["mean_rgb"] = tuple(float(v) for v in cfg["mean_rgb"])
+    cfg["pca_eigval"] = tuple(cfg["pca_eigval"] or configs.IMAGENET_PCA_EIGVAL)
+    cfg["pca_eigvec"] = tuple(tuple(r) for r in (cfg["pca_eigvec"] or configs.IMAGENET_PCA_EIGVEC))
+    return cfg
+
+
+def train_scale(cfg: Mapping[str, Any]) -> int | tuple[int, int]:
+    """S for training: the (Smin, Smax) range when jittering, else the fixed S."""
+    return tuple(cfg["scale_range"]) if cfg["scale_range"] else int(cfg["scale"])
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    crop = cfg["crop_size"]
+    if cfg["normalize"] not in NORMALIZE_MODES:
+        raise ValueError(f"normalize={cfg['normalize']!r}: use one of {NORMALIZE_MODES}")
+    if cfg["on_corrupt"] not in CORRUPT_MODES:
+        raise ValueError(f"on_corrupt={cfg['on_corrupt']!r}: use one of {CORRUPT_MODES}")
+    if cfg["scale_range"]:
+        smin, smax = cfg["scale_range"]
+        if not crop <= smin <= smax:
+            raise ValueError(
+                f"scale_range={tuple(cfg['scale_range'])} needs crop_size ({crop}) <= Smin <= Smax"
+            )
+    elif cfg["scale"] < crop:
+        raise ValueError(f"scale={cfg['scale']} is below crop_size={crop}: S must be >= the crop")
+    if cfg["eval_scale"] < crop:
+        raise ValueError(f"eval_scale={cfg['eval_scale']} is below crop_size={crop}")
+    if cfg["pca_lighting"] < 0:
+        raise ValueError(f"pca_lighting={cfg['pca_lighting']} must be >= 0 (0 disables it)")
+
+
+def _default_mean(cfg: dict[str, Any]) -> tuple[float, ...]:
+    if cfg["source"] == "digits":
+        from vgg_flax.data.sources import digits_arrays
+
+        images = digits_arrays(cfg["image_size"])["train"][0]
+        return tuple(np.mean(images, axis=(0, 1, 2), dtype=np.float64))
+    return configs.IMAGENET_MEAN_RGB

@@ -1,0 +1,186 @@
+"""Pure TensorFlow image transforms: the paper's training and test preprocessing.
+
+Every geometric transform is one "scaled crop": rescale the image to (new_h, new_w), then take the
+(crop_h, crop_w) window at (top, left). It is computed on the decoded window of the original image
+that the crop needs (fused `decode_and_crop_jpeg` for JPEG bytes) with a translated antialiased
+bilinear resample (`ScaleAndTranslate`, the kernel behind `tf.image.resize(antialias=True)`), so the
+result equals resizing the whole image and then cropping, without decoding or resizing the rest.
+Pixels are rounded to 8-bit after the resample, as PIL, torchvision and Caffe produce them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from vgg_flax import configs
+
+# (height, width) -> (new_h, new_w, top, left, crop_h, crop_w), all int32 scalars.
+Plan = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, ...]]
+
+
+def resized_shape(height: tf.Tensor, width: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Shape with the smaller side `size`; the longer side is floored (torchvision's `Resize`)."""
+    h, w, s = (tf.cast(v, tf.float64) for v in (height, width, size))
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    new_long = tf.cast(tf.floor(s * long / short), tf.int32)
+    size = tf.cast(size, tf.int32)
+    portrait = height > width
+    return tf.where(portrait, new_long, size), tf.where(portrait, size, new_long)
+
+
+def center_offset(size: tf.Tensor, crop: tf.Tensor | int) -> tf.Tensor:
+    """torchvision's centre-crop offset: round((size - crop) / 2), ties to even like Python."""
+    return tf.cast(tf.round(tf.cast(size - crop, tf.float64) / 2.0), tf.int32)
+
+
+def sample_scale(seed: tf.Tensor, scale_range: Sequence[int]) -> tf.Tensor:
+    """Scale jittering: S drawn uniformly from the integers in [Smin, Smax]."""
+    smin, smax = scale_range
+    return tf.random.stateless_uniform([], seed, minval=smin, maxval=smax + 1, dtype=tf.int32)
+
+
+def train_plan(seed: tf.Tensor, scale: int | Sequence[int], crop: int, random_crop: bool) -> Plan:
+    """Rescale so the smaller side is S (int, or (Smin, Smax) for jitter), then crop `crop`."""
+    scale_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+    def plan(height, width):
+        s = sample_scale(scale_seed, scale) if isinstance(scale, Sequence) else tf.constant(scale)
+        new_h, new_w = resized_shape(height, width, s)
+        if random_crop:
+            top = tf.random.stateless_uniform([], y_seed, 0, new_h - crop + 1, dtype=tf.int32)
+            left = tf.random.stateless_uniform([], x_seed, 0, new_w - crop + 1, dtype=tf.int32)
+        else:
+            top, left = center_offset(new_h, crop), center_offset(new_w, crop)
+        return new_h, new_w, top, left, tf.constant(crop), tf.constant(crop)
+
+    return plan
+
+
+def center_plan(scale: int, crop: int) -> Plan:
+    """Test time: smaller side to Q, centre crop (torchvision: Q=256, crop=224)."""
+
+    def plan(height, width):
+        new_h, new_w = resized_shape(height, width, scale)
+        top, left = center_offset(new_h, crop), center_offset(new_w, crop)
+        return new_h, new_w, top, left, tf.constant(crop), tf.constant(crop)
+
+    return plan
+
+
+def whole_plan(scale: int) -> Plan:
+    """Test time for dense evaluation: smaller side to Q, the whole image kept."""
+
+    def plan(height, width):
+        new_h, new_w = resized_shape(height, width, scale)
+        return new_h, new_w, tf.constant(0), tf.constant(0), new_h, new_w
+
+    return plan
+
+
+def _window(size, new_size, start, length):
+    """Rows [lo, hi) of the original that output rows [start, start+length) read, and the scale."""
+    scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
+    # The antialiased triangle kernel reaches max(1, 1/scale) input pixels; one more for rounding.
+    margin = tf.cast(tf.math.ceil(tf.maximum(1.0, 1.0 / scale)), tf.int32) + 1
+    lo = tf.cast(tf.floor(tf.cast(start, tf.float32) / scale), tf.int32) - margin
+    hi = tf.cast(tf.math.ceil(tf.cast(start + length, tf.float32) / scale), tf.int32) + margin
+    return tf.maximum(lo, 0), tf.minimum(hi, size), scale
+
+
+def _resample(window, lo_y, lo_x, scale_y, scale_x, top, left, crop_h, crop_w):
+    # An input pixel at window coordinate x lies at output coordinate (x + lo) * scale - top.
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=window[None],
+        size=tf.stack([crop_h, crop_w]),
+        scale=tf.stack([scale_y, scale_x]),
+        translation=tf.stack(
+            [
+                tf.cast(lo_y, tf.float32) * scale_y - tf.cast(top, tf.float32),
+                tf.cast(lo_x, tf.float32) * scale_x - tf.cast(left, tf.float32),
+            ]
+        ),
+        kernel_type="triangle",
+        antialias=True,
+    )[0]
+    return tf.round(tf.clip_by_value(out, 0.0, 255.0))
+
+
+def _crop_array(image: tf.Tensor, plan: Plan) -> tf.Tensor:
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    new_h, new_w, top, left, crop_h, crop_w = plan(height, width)
+    y0, y1, sy = _window(height, new_h, top, crop_h)
+    x0, x1, sx = _window(width, new_w, left, crop_w)
+    window = image[y0:y1, x0:x1]
+    return _resample(window, y0, x0, sy, sx, top, left, crop_h, crop_w)
+
+
+def _crop_jpeg(data: tf.Tensor, plan: Plan) -> tf.Tensor:
+    shape = tf.io.extract_jpeg_shape(data)
+    height, width = shape[0], shape[1]
+    new_h, new_w, top, left, crop_h, crop_w = plan(height, width)
+    y0, y1, sy = _window(height, new_h, top, crop_h)
+    x0, x1, sx = _window(width, new_w, left, crop_w)
+    window = tf.io.decode_and_crop_jpeg(data, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3)
+    return _resample(window, y0, x0, sy, sx, top, left, crop_h, crop_w)
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """A decoded HxWxC uint8 image as HxWx3 (grey is repeated, alpha dropped)."""
+    channels = tf.shape(image)[-1]
+    image = tf.cond(channels == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def decode(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes (JPEG, PNG, GIF, BMP) or a decoded array -> HxWx3 uint8."""
+    if image.dtype == tf.string:
+        return tf.io.decode_image(image, channels=3, expand_animations=False)
+    return to_rgb(image)
+
+
+def scaled_crop(image: tf.Tensor, plan: Plan) -> tf.Tensor:
+    """Apply `plan` to encoded bytes or a decoded array; float32 crop in 0-255, HxWx3."""
+    if image.dtype != tf.string:
+        return _crop_array(to_rgb(image), plan)
+    return tf.cond(
+        tf.io.is_jpeg(image),
+        lambda: _crop_jpeg(image, plan),
+        lambda: _crop_array(decode(image), plan),
+    )
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Horizontal flip with probability 1/2."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def pca_lighting(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    std: float,
+    eigval: Sequence[float] = configs.IMAGENET_PCA_EIGVAL,
+    eigvec: Sequence[Sequence[float]] = configs.IMAGENET_PCA_EIGVEC,
+) -> tf.Tensor:
+    """AlexNet's colour shift: add V (alpha * lambda), alpha ~ N(0, std), per image.
+
+    The eigen-pairs are for pixels in [0, 1] (columns of `eigvec` are the eigenvectors); the image
+    is in 0-255, so the shift is scaled by 255.
+    """
+    alpha = tf.random.stateless_normal([3], seed, stddev=std)
+    shift = tf.linalg.matvec(tf.constant(eigvec, tf.float32), alpha * tf.constant(eigval))
+    return image + 255.0 * shift
+
+
+def normalize(image: tf.Tensor, mode: str, mean_rgb: Sequence[float]) -> tf.Tensor:
+    """RGB 0-255 -> network input: "mean_rgb" (minus mean), "torchvision", or "caffe" (BGR)."""
+    if mode == "mean_rgb":
+        return image - tf.constant(mean_rgb, tf.float32)
+    if mode == "torchvision":
+        mean = tf.constant(configs.TORCHVISION_MEAN, tf.float32)
+        return (image / 255.0 - mean) / tf.constant(configs.TORCHVISION_STD, tf.float32)
+    if mode == "caffe":
+        return image[..., ::-1] - tf.constant(configs.CAFFE_MEAN_BGR, tf.float32)
+    raise ValueError(f"normalize={mode!r}: use 'mean_rgb', 'torchvision' or 'caffe'")
