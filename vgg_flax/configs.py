@@ -10,6 +10,7 @@ import dataclasses
 # Table 1. An int is a 3x3 conv (stride 1, padding 1) with that many outputs, each followed by
 # ReLU; "1x1-C" is a 1x1 conv (padding 0) with C outputs; "M" is 2x2 max-pool, stride 2; "LRN" is
 # AlexNet's local response normalisation.
+# fmt: off
 CONFIGS: dict[str, tuple[int | str, ...]] = {
     "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     "A-LRN": (64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -17,16 +18,17 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
     "C": (
         64, 64, "M", 128, 128, "M", 256, 256, "1x1-256", "M",
         512, 512, "1x1-512", "M", 512, 512, "1x1-512", "M",
-    ),  # fmt: skip
+    ),
     "D": (
         64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
         512, 512, 512, "M", 512, 512, 512, "M",
-    ),  # fmt: skip
+    ),
     "E": (
         64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
         512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-    ),  # fmt: skip
+    ),
 }
+# fmt: on
 
 # Table 2: parameters in millions, as the paper prints them.
 TABLE2_MILLIONS: dict[str, int] = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
@@ -124,7 +126,11 @@ def count_params(config: str, batch_norm: bool = False, num_classes: int = 1000)
             total += 2 * layer.features if batch_norm else 0
             channels = layer.features
     head_in = channels * HEAD_INPUT_SIZE**2
-    for fan_in, fan_out in ((head_in, HEAD_WIDTH), (HEAD_WIDTH, HEAD_WIDTH), (HEAD_WIDTH, num_classes)):
+    for fan_in, fan_out in (
+        (head_in, HEAD_WIDTH),
+        (HEAD_WIDTH, HEAD_WIDTH),
+        (HEAD_WIDTH, num_classes),
+    ):
         total += fan_in * fan_out + fan_out
     return total
 
@@ -164,3 +170,75 @@ TORCHVISION_STD = (0.229, 0.224, 0.225)
 # The authors' Caffe models: BGR pixels in 0-255 minus the ImageNet mean pixel, no std.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN_RGB = CAFFE_MEAN_BGR[::-1]
+
+# Training (section 3.1, PAPER.md section 3): the paper's recipe, read by vgg_flax.train.
+TRAIN_BATCH_SIZE = 256
+TRAIN_MOMENTUM = 0.9
+TRAIN_WEIGHT_DECAY = 5e-4  # L2 penalty multiplier
+TRAIN_DROPOUT = 0.5
+TRAIN_LEARNING_RATE = 1e-2
+TRAIN_LR_FACTOR = 0.1  # divided by 10 when validation accuracy stops improving...
+TRAIN_LR_MAX_DROPS = 3  # ...three times in total
+TRAIN_EPOCHS = 74  # 370K iterations at batch 256
+TRAIN_FINETUNE_LEARNING_RATE = 1e-3  # S=384 initialised from the S=256 model
+TRAIN_SCALE_JITTER = (256, 512)  # multi-scale training: S drawn from [S_min, S_max]
+# Deeper nets start from a trained A: these layers are copied (A's name -> the deeper net's name),
+# the rest stay random. The paper names "the first four conv layers and the last three FC
+# layers"; this is the shape-consistent reading (PAPER.md section 3).
+WARM_START_LAYERS: dict[str, str] = {
+    "conv1_1": "conv1_1",
+    "conv2_1": "conv2_1",
+    "conv3_1": "conv3_1",
+    "conv3_2": "conv3_2",
+    "fc6": "fc6",
+    "fc7": "fc7",
+    "fc8": "fc8",
+}
+# torchvision's classification reference recipe for VGG (references/classification/train.py):
+# lr 0.01, momentum 0.9, weight decay 1e-4, lr divided by 10 every 30 epochs, 90 epochs.
+TORCHVISION_RECIPE = {"learning_rate": 0.01, "weight_decay": 1e-4, "step_epochs": 30, "epochs": 90}
+
+
+# PAPER.md section 6: torchvision's ImageNet weights, files under TORCHVISION_WEIGHTS_URL (the 8
+# hex digits in each name start the file's SHA-256); preprocessing as TORCHVISION_* above.
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """One torchvision weight file: its arch, file name, ImageNet accuracy and preprocessing.
+
+    Pixels are scaled to [0, `pixel_scale`] before `(x - mean) / std`.
+    """
+
+    arch: str
+    file: str
+    acc1: float | None
+    acc5: float | None
+    mean: tuple[float, float, float] = TORCHVISION_MEAN
+    std: tuple[float, float, float] = TORCHVISION_STD
+    pixel_scale: float = 1.0
+    features_only: bool = False
+
+
+TORCHVISION_WEIGHTS: dict[str, Weights] = {
+    "vgg11": Weights("vgg11", "vgg11-8a719046.pth", 69.020, 88.628),
+    "vgg11_bn": Weights("vgg11_bn", "vgg11_bn-6002323d.pth", 70.370, 89.810),
+    "vgg13": Weights("vgg13", "vgg13-19584684.pth", 69.928, 89.246),
+    "vgg13_bn": Weights("vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586, 90.374),
+    "vgg16": Weights("vgg16", "vgg16-397923af.pth", 71.592, 90.382),
+    "vgg16_bn": Weights("vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516),
+    "vgg19": Weights("vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876),
+    "vgg19_bn": Weights("vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842),
+    # Features only (its classifier holds NaN); RGB in 0-255 minus the mean, no std.
+    "vgg16_features": Weights(
+        "vgg16",
+        "vgg16_features-amdegroot-88682ab5.pth",
+        None,
+        None,
+        mean=(123.0, 117.0, 104.0),
+        std=(1.0, 1.0, 1.0),
+        pixel_scale=255.0,
+        features_only=True,
+    ),
+}

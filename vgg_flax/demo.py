@@ -6,7 +6,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 
 from vgg_flax.model import create_model
 
@@ -29,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
         apply = jax.jit(lambda v, x, mode=mode: model.apply(v, x, mode=mode))
         start = time.perf_counter()
         out = apply(variables, images).block_until_ready()
-        print(f"{args.arch} {mode}: input {images.shape} -> {out.shape} "
-              f"({time.perf_counter() - start:.2f} s with compilation)")
+        print(
+            f"{args.arch} {mode}: input {images.shape} -> {out.shape} "
+            f"({time.perf_counter() - start:.2f} s with compilation)"
+        )
     return 0

@@ -1,0 +1,145 @@
+"""The VGG module: both ways of running the head, named features, options and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_flax import activation_names, create_model
+from vgg_flax.initializers import kernel_init
+
+
+@pytest.fixture(scope="module")
+def vgg_a():
+    model = create_model("A", num_classes=10, weight_init="torchvision")
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    return model, variables
+
+
+def test_dense_average_equals_classification_at_224(vgg_a):
+    model, variables = vgg_a
+    images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
+    logits = model.apply(variables, images)
+    dense = model.apply(variables, images, mode="dense")
+    score_map = model.apply(variables, images, mode="dense_map")
+    assert logits.shape == dense.shape == (2, 10) and score_map.shape == (2, 1, 1, 10)
+    np.testing.assert_allclose(dense, logits, rtol=1e-6, atol=1e-6 * float(jnp.abs(logits).max()))
+    assert float(jnp.abs(logits).max()) > 0
+
+
+def test_dense_map_shape_and_average_on_a_larger_image(vgg_a):
+    model, variables = vgg_a
+    images = jax.random.normal(jax.random.key(2), (1, 256, 320, 3))
+    score_map = model.apply(variables, images, mode="dense_map")
+    assert score_map.shape == (1, 256 // 32 - 6, 320 // 32 - 6, 10)
+    dense = model.apply(variables, images, mode="dense")
+    np.testing.assert_allclose(dense, score_map.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_classification_takes_any_size_from_32(vgg_a):
+    model, variables = vgg_a
+    for hw in [(32, 32), (45, 77), (100, 64)]:
+        assert model.apply(variables, jnp.ones((1, *hw, 3))).shape == (1, 10)
+
+
+def test_named_features_alongside_or_instead_of_logits(vgg_a):
+    model, variables = vgg_a
+    images = jax.random.normal(jax.random.key(3), (1, 64, 64, 3))
+    feats = model.apply(variables, images, features=("relu4_2", "pool5"))
+    assert set(feats) == {"relu4_2", "pool5"}
+    assert feats["relu4_2"].shape == (1, 8, 8, 512) and feats["pool5"].shape == (1, 2, 2, 512)
+    assert float(feats["relu4_2"].min()) >= 0
+    both = model.apply(variables, images, features=("fc7", "logits"))
+    np.testing.assert_allclose(both["logits"], model.apply(variables, images), rtol=1e-6)
+    assert both["fc7"].shape == (1, 4096)
+    # fc7 is pre-ReLU, relu7 post-ReLU: check they differ the way they should.
+    relu7 = model.apply(variables, images, features=("relu7",))["relu7"]
+    np.testing.assert_allclose(relu7, jnp.maximum(both["fc7"], 0), rtol=1e-6)
+
+
+def test_activation_names_cover_batchnorm_and_lrn():
+    assert "bn4_2" in activation_names("D", batch_norm=True)
+    assert "norm1" in activation_names("A-LRN")
+    assert "conv5_4" in activation_names("E") and "conv5_4" not in activation_names("D")
+
+
+def test_dropout_acts_only_when_training(vgg_a):
+    model, variables = vgg_a
+    images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+    first = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(5)})
+    second = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(6)})
+    assert float(jnp.abs(first - second).max()) > 0
+    np.testing.assert_array_equal(model.apply(variables, images), model.apply(variables, images))
+
+
+def test_batchnorm_model_updates_running_statistics():
+    model = create_model("vgg11_bn", num_classes=5)
+    images = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(8), images)
+    assert set(variables) == {"params", "batch_stats"}
+    _, updates = model.apply(
+        variables, images, train=True, rngs={"dropout": jax.random.key(9)}, mutable=["batch_stats"]
+    )
+    before, after = variables["batch_stats"]["bn1_1"], updates["batch_stats"]["bn1_1"]
+    assert float(jnp.abs(after["mean"] - before["mean"]).max()) > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "conv_std", "fc_std"),
+    [
+        ("paper", 0.01, 0.01),
+        ("torchvision", (2 / (9 * 512)) ** 0.5, 0.01),  # Kaiming fan_out for a 3x3x512x512 conv
+        ("glorot", (2 / (9 * 512 + 9 * 512)) ** 0.5, (2 / (4096 + 4096)) ** 0.5),
+    ],
+)
+def test_initialisers_have_their_statistics(kind, conv_std, fc_std):
+    key = jax.random.key(10)
+    conv = kernel_init(kind, head=False)(key, (3, 3, 512, 512))
+    fc7 = kernel_init(kind, head=True)(key, (1, 1, 4096, 4096))
+    assert float(jnp.std(conv)) == pytest.approx(conv_std, rel=0.02)
+    assert float(jnp.std(fc7)) == pytest.approx(fc_std, rel=0.02)
+
+
+def test_model_uses_the_chosen_initialiser():
+    model = create_model("A", weight_init="paper", init_std=0.1)
+    params = jax.jit(model.init)(jax.random.key(10), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert float(jnp.std(params["conv3_1"]["kernel"])) == pytest.approx(0.1, rel=0.02)
+    assert float(jnp.std(params["fc7"]["kernel"])) == pytest.approx(0.1, rel=0.02)
+    assert float(jnp.abs(params["fc6"]["bias"]).max()) == 0.0
+
+
+def test_bfloat16_compute_with_float32_parameters():
+    model = create_model("A", num_classes=10, dtype=jnp.bfloat16)
+    images = jnp.ones((1, 32, 32, 3))
+    variables = model.init(jax.random.key(11), images)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    assert model.apply(variables, images).dtype == jnp.bfloat16
+
+
+def test_a_lrn_runs():
+    model = create_model("A-LRN", num_classes=3)
+    images = jnp.ones((1, 32, 32, 3))
+    out = model.apply(model.init(jax.random.key(12), images), images, features=("norm1",))
+    assert out["norm1"].shape == (1, 32, 32, 64)
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode", "message"),
+    [
+        ((32, 32, 3), "classify", "rank 3"),
+        ((1, 3, 64, 64), "classify", "3 colour channels"),
+        ((1, 31, 64, 3), "classify", "at least 32x32"),
+        ((1, 200, 300, 3), "dense", "at least 224x224"),
+        ((1, 224, 224, 3), "sparse", "unknown mode"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(vgg_a, shape, mode, message):
+    model, variables = vgg_a
+    with pytest.raises(ValueError, match=message):
+        model.apply(variables, jnp.zeros(shape), mode=mode)
+
+
+def test_unknown_feature_name_is_refused(vgg_a):
+    model, variables = vgg_a
+    with pytest.raises(ValueError, match="unknown feature names.*relu4_2"):
+        model.apply(variables, jnp.zeros((1, 32, 32, 3)), features=("relu9_9",))
