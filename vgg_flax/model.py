@@ -31,6 +31,12 @@ class VGG(nn.Module):
     - features: names from `configs.activation_names` (e.g. "relu4_2", "pool5", "fc7",
       "logits"); when given, a dict of those activations is returned instead, and the network
       stops after the last one asked for.
+    - valid_hw (modes "dense"/"dense_map" only): int array (N, 2) of each image's true height and
+      width when images of several sizes are zero-padded at the bottom and right into one batch.
+      Padded positions are zeroed after every trunk layer, exactly as the convs' zero padding at
+      the true border would see them, so the scores equal running each image at its own size
+      (each true size must be at least 224); "dense" averages only the valid score positions,
+      "dense_map" returns the map with invalid positions zeroed.
     """
 
     config: str = "D"
@@ -65,9 +71,12 @@ class VGG(nn.Module):
         *,
         mode: str = "classify",
         features: Sequence[str] = (),
+        valid_hw: jax.Array | None = None,
     ) -> jax.Array | dict[str, jax.Array]:
-        """Run the network; see the class docstring for modes and named features."""
+        """Run the network; see the class docstring for modes, named features and valid_hw."""
         wanted = self._check(images, mode, features)
+        if valid_hw is not None and mode == "classify":
+            raise ValueError("valid_hw needs mode='dense' or 'dense_map' (classify pools to 7x7)")
         found: dict[str, jax.Array] = {}
 
         def keep(name: str, value: jax.Array) -> bool:
@@ -84,7 +93,9 @@ class VGG(nn.Module):
                 if keep(layer.name, x):
                     return found
                 if self.batch_norm:
-                    bn = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn{suffix}")
+                    bn = BatchNorm(
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn{suffix}"
+                    )
                     x = bn(x, train)
                     if keep(f"bn{suffix}", x):
                         return found
@@ -96,6 +107,10 @@ class VGG(nn.Module):
             else:
                 x = local_response_norm(x)
                 name = layer.name
+            if valid_hw is not None:
+                # Floor halving matches a pool on the unpadded image, which drops an odd last row.
+                valid_hw = valid_hw // 2 if layer.kind == "pool" else valid_hw
+                x = _zero_outside(x, valid_hw)
             if keep(name, x):
                 return found
 
@@ -117,9 +132,15 @@ class VGG(nn.Module):
                 return found
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self._squeeze(x, mode)
+        if valid_hw is not None:
+            # fc6's 7x7 VALID window leaves (h/32 - 6) x (w/32 - 6) valid score positions.
+            valid_hw = valid_hw - (configs.HEAD_INPUT_SIZE - 1)
+            x = _zero_outside(x, valid_hw)
         if keep("fc8", x):
             return found
-        if mode == "dense":
+        if mode == "dense" and valid_hw is not None:
+            x = jnp.sum(x, axis=(1, 2)) / jnp.prod(valid_hw, axis=1, keepdims=True).astype(x.dtype)
+        elif mode == "dense":
             x = jnp.mean(x, axis=(1, 2))
         if keep("logits", x):
             return found
@@ -161,6 +182,14 @@ class VGG(nn.Module):
                 f"{' with BatchNorm' if self.batch_norm else ''}; known: {', '.join(known)}"
             )
         return set(features)
+
+
+def _zero_outside(x: jax.Array, valid_hw: jax.Array) -> jax.Array:
+    """Zero each image's positions at or beyond its valid (height, width) in an NHWC map."""
+    rows = jnp.arange(x.shape[1])[None, :] < valid_hw[:, :1]
+    cols = jnp.arange(x.shape[2])[None, :] < valid_hw[:, 1:]
+    inside = rows[:, :, None, None] & cols[:, None, :, None]
+    return jnp.where(inside, x, jnp.zeros((), x.dtype))
 
 
 def create_model(

@@ -1,0 +1,78 @@
+"""Masked dense evaluation on padded batches against each image at its own size (config A).
+
+Random weights with He scaling and random biases keep activations of order one through the whole
+net, and non-zero biases and BatchNorm shifts make padded positions non-zero unless masked.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_flax import create_model
+from vgg_flax.evaluate import Scorer, evaluate_arrays
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """He-scaled random kernels, random biases and BatchNorm statistics, filled with NumPy."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            std = math.sqrt(2.0 / math.prod(shape[:-1]))
+            return rng.standard_normal(shape, np.float32) * np.float32(std)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return rng.standard_normal(shape, np.float32) * np.float32(0.1)  # bias, mean
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def net():
+    model = create_model("vgg11_bn")  # config A with BatchNorm: its shift is non-zero at padding
+    return model, random_variables(model)
+
+
+def test_padded_masked_batch_equals_each_image_alone(net):
+    model, variables = net
+    rng = np.random.default_rng(1)
+    sizes = [(224, 512), (512, 224), *(tuple(int(s) for s in rng.integers(224, 513, 2)),)]
+    images = [rng.standard_normal((h, w, 3), np.float32) for h, w in sizes]
+    alone = np.concatenate([model.apply(variables, im[None], mode="dense") for im in images])
+    assert np.abs(alone).max() > 1.0  # meaningful scores, not a vanishing signal
+
+    padded = np.zeros((len(images), 512, 512, 3), np.float32)
+    for row, image in enumerate(images):
+        padded[row, : image.shape[0], : image.shape[1]] = image
+    valid_hw = jnp.asarray(sizes, jnp.int32)
+    masked = np.asarray(model.apply(variables, padded, mode="dense", valid_hw=valid_hw))
+    tolerance = 1e-5 * np.abs(alone).max()
+    np.testing.assert_allclose(masked, alone, rtol=0, atol=tolerance)
+    # Without the mask the padding leaks into the scores: the test can fail.
+    unmasked = np.asarray(model.apply(variables, padded, mode="dense"))
+    assert np.abs(unmasked - alone).max() > 100 * tolerance
+
+    # The batched protocol path: posteriors equal the soft-max of each image's own scores.
+    scorer = Scorer(model, variables)
+    got = evaluate_arrays([scorer], [{0: im} for im in images], "dense", flips=False, batch_size=2)
+    np.testing.assert_allclose(got, jax.nn.softmax(alone, axis=-1), rtol=1e-4, atol=1e-7)
+    assert scorer._posteriors._cache_size() == len(scorer.shapes)
+
+
+def test_dense_at_224_without_flips_is_softmax_of_classifier_logits(net):
+    model, variables = net
+    image = np.random.default_rng(2).standard_normal((224, 224, 3), np.float32)
+    logits = model.apply(variables, image[None])  # torchvision-style classifier
+    got = evaluate_arrays([Scorer(model, variables)], [{224: image}], "dense", flips=False)
+    np.testing.assert_allclose(got, jax.nn.softmax(logits, axis=-1), rtol=1e-4, atol=1e-5)
+
+
+def test_valid_hw_is_refused_in_classify_mode(net):
+    model, variables = net
+    with pytest.raises(ValueError, match="valid_hw needs mode"):
+        model.apply(variables, jnp.zeros((1, 224, 224, 3)), valid_hw=jnp.full((1, 2), 224))
