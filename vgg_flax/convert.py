@@ -1,0 +1,306 @@
+"""torchvision's VGG state dicts to vgg-flax variables and back, mapped by name.
+
+torchvision's `make_layers` builds `features` as, for each entry of the layer list, a conv
+followed by [BatchNorm,] ReLU, and one MaxPool per "M"; its classifier is Linear (0), ReLU,
+Dropout, Linear (3), ReLU, Dropout, Linear (6). `configs.layers` names the same entries, so the
+index of every `features.{i}` follows from the config and never from the order of a file's keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vgg_flax import configs
+from vgg_flax.pth import load_pth
+
+HEAD_OPTIONS = ("auto", "keep", "drop")
+_BN_TORCH = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_OLD_CLASSIFIER = {"1": "0", "4": "3"}  # pre-0.2 torchvision: Dropout came before each Linear
+
+
+class UnusableHeadWarning(UserWarning):
+    """The checkpoint's classifier holds NaN/inf; only its conv features were loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One torch tensor: its key, shape, and where it lives in the Flax variables."""
+
+    key: str
+    shape: tuple[int, ...]
+    collection: str  # "params" or "batch_stats"
+    layer: str
+    name: str
+    kind: str  # "conv", "fc6", "fc" or "vector"
+
+
+def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...]:
+    """Every tensor of torchvision's `arch` state dict (without num_batches_tracked), in order."""
+    if arch not in configs.TORCHVISION_ARCHS:
+        raise ValueError(
+            f"unknown torchvision arch {arch!r}; choose one of "
+            + ", ".join(configs.TORCHVISION_ARCHS)
+        )
+    config, batch_norm = configs.TORCHVISION_ARCHS[arch]
+    entries: list[_Entry] = []
+    index, channels = 0, 3
+    for layer in configs.layers(config):
+        if layer.kind != "conv":
+            index += 1  # MaxPool (and LRN, which torchvision never uses) have no tensors
+            continue
+        out, k = layer.features, layer.kernel
+        prefix = f"features.{index}"
+        entries.append(
+            _Entry(
+                f"{prefix}.weight", (out, channels, k, k), "params", layer.name, "kernel", "conv"
+            )
+        )
+        entries.append(_Entry(f"{prefix}.bias", (out,), "params", layer.name, "bias", "vector"))
+        if batch_norm:
+            bn, prefix = "bn" + layer.name[len("conv") :], f"features.{index + 1}"
+            for torch_name, name in _BN_TORCH.items():
+                collection = "params" if torch_name in ("weight", "bias") else "batch_stats"
+                entries.append(
+                    _Entry(f"{prefix}.{torch_name}", (out,), collection, bn, name, "vector")
+                )
+        index += 3 if batch_norm else 2
+        channels = out
+    head_in = channels * configs.HEAD_INPUT_SIZE**2
+    width = configs.HEAD_WIDTH
+    for position, layer, fan_in, fan_out in (
+        ("0", "fc6", head_in, width),
+        ("3", "fc7", width, width),
+        ("6", "fc8", width, num_classes),
+    ):
+        kind = "fc6" if layer == "fc6" else "fc"
+        entries.append(
+            _Entry(
+                f"classifier.{position}.weight", (fan_out, fan_in), "params", layer, "kernel", kind
+            )
+        )
+        entries.append(
+            _Entry(f"classifier.{position}.bias", (fan_out,), "params", layer, "bias", "vector")
+        )
+    return tuple(entries)
+
+
+def from_torchvision(
+    source: str | os.PathLike | Mapping[str, Any],
+    arch: str,
+    *,
+    head: str = "auto",
+    dtype: Any = None,
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Convert torchvision's `arch` weights (a .pth path or a name -> array mapping) to variables.
+
+    Returns `{"params": ..., "batch_stats": ...}` (numpy arrays) for `create_model(arch,
+    num_classes=...)`, with num_classes read from the last Linear layer. Accepts a "module."
+    prefix (DataParallel) and the old classifier numbering 1/4/6; ignores num_batches_tracked.
+    `head`: "keep" loads fc6-fc8 and fails if they hold NaN/inf; "drop" leaves them out (use the
+    model with `features=...` up to pool5); "auto" (default) keeps a finite head and drops an
+    unusable one with an `UnusableHeadWarning`. `dtype`: cast every array (default: as stored).
+    """
+    if head not in HEAD_OPTIONS:
+        raise ValueError(f"unknown head option {head!r}; choose one of {', '.join(HEAD_OPTIONS)}")
+    # A file is mapped, not read: every tensor is copied once into its new layout anyway.
+    loaded = load_pth(source, mmap=True) if isinstance(source, str | os.PathLike) else source
+    state = _normalise(loaded)
+    del loaded
+    entries = torchvision_entries(arch, _num_classes(state))
+    _check(state, entries, arch)
+    if head != "drop" and not _head_is_finite(state, entries):
+        message = (
+            f"the classifier (fc6-fc8) of these {arch} weights holds NaN or inf, so its head is "
+            "unusable (torchvision's features-only file vgg16_features-amdegroot is such a file)"
+        )
+        if head == "keep":
+            raise ValueError(f"{message}; pass head='drop' to load the conv features only")
+        warnings.warn(
+            f"{message}; loaded the conv features only: use model.apply(..., "
+            "features=('pool5',)) or train a new head",
+            UnusableHeadWarning,
+            stacklevel=2,
+        )
+        head = "drop"
+    variables: dict[str, dict[str, dict[str, np.ndarray]]] = {"params": {}}
+    for entry in entries:
+        if head == "drop" and entry.layer.startswith("fc"):
+            continue
+        value = _to_flax(state.pop(entry.key), entry.kind)  # pop: free each source early
+        value = value if dtype is None else value.astype(dtype)
+        variables.setdefault(entry.collection, {}).setdefault(entry.layer, {})[entry.name] = value
+    return variables
+
+
+def to_torchvision(
+    variables: Mapping[str, Any], arch: str, *, num_batches_tracked: int | None = None
+) -> dict[str, np.ndarray]:
+    """torchvision's state dict for `arch` from vgg-flax variables; loads with strict=True.
+
+    Arrays keep their dtype; the inverse of `from_torchvision`, bit for bit. BatchNorm's
+    num_batches_tracked is left out (as in torchvision's own weight files) unless given.
+    """
+    params = variables.get("params", {})
+    stats = variables.get("batch_stats", {})
+    if "fc8" not in params:
+        raise ValueError(
+            "these variables have no fc8 (a features-only conversion?); torchvision's VGG needs "
+            "the whole classifier"
+        )
+    num_classes = int(np.shape(params["fc8"]["bias"])[0])
+    entries = torchvision_entries(arch, num_classes)
+    state: dict[str, np.ndarray] = {}
+    missing, wrong = [], []
+    for entry in entries:
+        tree = params if entry.collection == "params" else stats
+        try:
+            value = np.asarray(tree[entry.layer][entry.name])
+        except KeyError:
+            missing.append(f"{entry.collection}/{entry.layer}/{entry.name}")
+            continue
+        value = _to_torch(value, entry.kind)
+        if value.shape != entry.shape:
+            wrong.append(f"{entry.layer}/{entry.name}: {value.shape} != {entry.shape}")
+            continue
+        state[entry.key] = value
+        if num_batches_tracked is not None and entry.key.endswith(".running_var"):
+            counter = entry.key[: -len("running_var")] + "num_batches_tracked"
+            state[counter] = np.asarray(num_batches_tracked, np.int64)
+    if missing or wrong:
+        raise ValueError(
+            f"variables do not fit torchvision's {arch}: missing {missing or 'none'}; "
+            f"wrong shapes {wrong or 'none'}"
+        )
+    return state
+
+
+def save_pth(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a state dict (e.g. `to_torchvision`'s) as a .pth file with torch.save, atomically."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ValueError("save_pth needs torch: pip install 'vgg-flax[torch]'") from error
+    path = os.fspath(path)
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}
+    handle, temp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(tensors, file)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def _normalise(source: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Names without a DataParallel prefix, classifier renumbered, values as numpy arrays."""
+    state = {}
+    for key, value in source.items():
+        key = key.removeprefix("module.")
+        if key.endswith("num_batches_tracked"):
+            continue
+        state[key] = _as_numpy(value)
+    if "classifier.1.weight" in state and "classifier.0.weight" not in state:
+        state = {_renumber(key): value for key, value in state.items()}
+    return state
+
+
+def _renumber(key: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "classifier" and len(parts) == 3:
+        parts[1] = _OLD_CLASSIFIER.get(parts[1], parts[1])
+    return ".".join(parts)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor; torch is imported already if we have one
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            import torch
+
+            return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _num_classes(state: Mapping[str, np.ndarray]) -> int:
+    fc8 = state.get("classifier.6.weight")
+    return int(fc8.shape[0]) if fc8 is not None and fc8.ndim == 2 else 1000
+
+
+def _check(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...], arch: str) -> None:
+    expected = {entry.key: entry.shape for entry in entries}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong = [
+        f"{key}: {tuple(state[key].shape)} != {shape}"
+        for key, shape in expected.items()
+        if key in state and tuple(state[key].shape) != shape
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    guess = _guess_arch(state)
+    hint = f" These weights look like {guess}, not {arch}." if guess and guess != arch else ""
+    raise ValueError(
+        f"the weights do not fit torchvision's {arch}.{hint} Missing keys: {missing or 'none'}; "
+        f"unexpected keys: {unexpected or 'none'}; shape mismatches: {wrong or 'none'}"
+    )
+
+
+def _guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    for arch in configs.TORCHVISION_ARCHS:
+        entries = torchvision_entries(arch, _num_classes(state))
+        if shapes == {entry.key: entry.shape for entry in entries}:
+            return arch
+    return None
+
+
+def _head_is_finite(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...]) -> bool:
+    return all(
+        np.isfinite(state[entry.key]).all() for entry in entries if entry.layer.startswith("fc")
+    )
+
+
+def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "vector":
+        return np.array(value)
+    # conv: OIHW -> HWIO; fc6: (out, C*7*7) in torch's flatten order -> a 7x7 conv kernel (HWIO);
+    # fc7/fc8: (out, in) -> a 1x1 conv kernel. All three reverse the axes of (O, I, H*W).
+    side = value.shape[-1] if kind == "conv" else configs.HEAD_INPUT_SIZE if kind == "fc6" else 1
+    out, fan_in = value.shape[0], value.size // (value.shape[0] * side * side)
+    hwio = _reverse_axes(value.reshape(out, fan_in, side * side))
+    return hwio.reshape(side, side, fan_in, out)
+
+
+def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "vector":
+        return np.array(value)
+    side, _, fan_in, out = value.shape
+    oihw = _reverse_axes(value.reshape(side * side, fan_in, out))
+    return oihw.reshape(out, fan_in, side, side) if kind == "conv" else oihw.reshape(out, -1)
+
+
+def _reverse_axes(x: np.ndarray, block: int = 32) -> np.ndarray:
+    """`x.transpose(2, 1, 0)` as a new C-contiguous array, copied block by block.
+
+    numpy's plain copy of a transposed view strides through memory and is several times slower
+    on fc6's 400 MB (benchmarks/convert.py measures it).
+    """
+    out = np.empty(x.shape[::-1], x.dtype)
+    for i in range(0, x.shape[0], 8 * block):
+        for j in range(0, x.shape[1], block):
+            out[:, j : j + block, i : i + 8 * block] = x[
+                i : i + 8 * block, j : j + block
+            ].transpose(2, 1, 0)
+    return out
