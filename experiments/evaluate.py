@@ -1,0 +1,118 @@
+"""Evaluate checkpoints with the paper's test protocols; print top-1/top-5 error, write JSON.
+
+    python -m experiments.evaluate --checkpoint vgg16-397923af.pth --protocol dense \
+        --scales 256 384 512 --dataset imagenet2012 --manual-dir ~/imagenet --output d.json
+
+Several `--checkpoint`s form an ensemble (posteriors averaged). Checkpoints are vgg-flax
+directories or torchvision `.pth` files (arch from the file name, or `--arch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch  # noqa: F401  # torch before TensorFlow (the data module): shared/ENVIRONMENT.md
+import torchvision  # noqa: F401
+
+from vgg_flax import configs
+from vgg_flax.evaluate.protocols import PROTOCOLS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m experiments.evaluate`."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__)
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="dirs or .pth files")
+    parser.add_argument("--arch", help="architecture of .pth files (e.g. vgg16) if not in name")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="dense")
+    parser.add_argument(
+        "--scales", nargs="+", type=int, help="test scales Q (default: 256; center: 256)"
+    )
+    parser.add_argument("--no-flips", action="store_true", help="skip horizontal flips")
+    parser.add_argument("--dataset", default="imagenet2012", help="digits, folder or a TFDS name")
+    parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    parser.add_argument("--manual-dir", default=None, help="folder with ILSVRC2012 tars")
+    parser.add_argument("--folder", default=None, help="dataset=folder: folder/<split>/<class>/")
+    parser.add_argument(
+        "--normalize",
+        choices=("mean_rgb", "torchvision", "caffe"),
+        help="input normalisation (default: torchvision for .pth files, else mean_rgb)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
+    parser.add_argument("--output", default=None, help="JSON result file")
+    return parser
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The data config overrides the arguments name."""
+    pth = any(str(path).endswith(".pth") for path in args.checkpoint)
+    options: dict[str, Any] = {
+        "source": args.dataset,
+        "normalize": args.normalize or ("torchvision" if pth else "mean_rgb"),
+        "on_corrupt": "error",
+    }
+    for key in ("data_dir", "manual_dir", "folder"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as `args` say; returns the JSON result (also written to `args.output`)."""
+    from tqdm import tqdm
+
+    from vgg_flax import data
+    from vgg_flax.evaluate import runner
+
+    scales = args.scales or [configs.TORCHVISION_RESIZE]
+    data_config = data.default_config(**data_options(args))
+    scorers = [runner.load_network(path, args.arch) for path in args.checkpoint]
+    result = runner.evaluate_dataset(
+        scorers,
+        data_config,
+        protocol=args.protocol,
+        scales=scales,
+        flips=not args.no_flips,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        progress=lambda it, total: tqdm(it, total=total, desc=args.protocol, unit="img"),
+    )
+    result = {
+        "checkpoints": [os.path.abspath(p) for p in args.checkpoint],
+        "dataset": args.dataset,
+        "split": args.split or data_config.eval_split,
+        **result,
+    }
+    if args.output:
+        tmp = f"{args.output}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.output)  # atomic: never a half-written result
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: print the errors and the JSON result."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except ValueError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{result['protocol']} at Q={result['scales']}: top-1 error {result['top1_error']:.2f}%, "
+        f"top-5 error {result['top5_error']:.2f}% on {result['examples']} images "
+        f"({result['compiled_shapes']} compiled shapes)"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
