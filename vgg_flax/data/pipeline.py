@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -130,10 +131,16 @@ def _describer(records: tf.data.Dataset, transform):
         try:
             transform(ex)
         except tf.errors.OpError as err:
-            return key, err.message.strip().splitlines()[0]
+            return key, _short_message(err.message)
         return key, "the image failed in the input pipeline"
 
     return describe
+
+
+def _short_message(message: str) -> str:
+    """TensorFlow's error text without its graph-node prefix and op suffix."""
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message)
+    return " ".join(message.split()).rstrip(".")
 
 
 class TrainIterator:

@@ -16,6 +16,10 @@ import tensorflow as tf
 
 from vgg_flax import configs
 
+# libjpeg's accurate integer DCT decodes exactly as PIL (and so torchvision) does; TensorFlow's
+# default (the fast DCT) differs by up to 6 levels.
+JPEG_DCT = "INTEGER_ACCURATE"
+
 # (height, width) -> (new_h, new_w, top, left, crop_h, crop_w), all int32 scalars.
 Plan = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, ...]]
 
@@ -122,7 +126,9 @@ def _crop_jpeg(data: tf.Tensor, plan: Plan) -> tf.Tensor:
     new_h, new_w, top, left, crop_h, crop_w = plan(height, width)
     y0, y1, sy = _window(height, new_h, top, crop_h)
     x0, x1, sx = _window(width, new_w, left, crop_w)
-    window = tf.io.decode_and_crop_jpeg(data, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3)
+    window = tf.io.decode_and_crop_jpeg(
+        data, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3, dct_method=JPEG_DCT
+    )
     return _resample(window, y0, x0, sy, sx, top, left, crop_h, crop_w)
 
 

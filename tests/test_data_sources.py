@@ -1,0 +1,137 @@
+"""Sources read through TFDS: a tiny ILSVRC-2012 in the real archive layout, an image folder, and
+undecodable files (named in the error, or skipped and counted)."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vgg_flax import data, parallel
+
+# The first three validation images' classes in the list TFDS ships (validation_labels.txt):
+# labels are matched to ILSVRC2012_val_00000001.JPEG ... by sorted file name.
+VAL_CLASSES = ("n01751748", "n09193705", "n02105855")
+SIZES = ((30, 40), (44, 36), (36, 36))  # (height, width): landscape, portrait, square
+
+
+def jpeg_bytes(seed: int, height: int, width: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    smooth = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(smooth).resize((width, height), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def add_file(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_ilsvrc(manual_dir, per_class: int = 2) -> None:
+    """ILSVRC2012_img_train.tar (a tar of per-class tars) and ILSVRC2012_img_val.tar."""
+    manual_dir.mkdir()
+    with tarfile.open(manual_dir / "ILSVRC2012_img_train.tar", "w") as train:
+        for c, wnid in enumerate(VAL_CLASSES):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as class_tar:
+                for i in range(per_class):
+                    h, w = SIZES[(c + i) % len(SIZES)]
+                    add_file(class_tar, f"{wnid}_{i + 1}.JPEG", jpeg_bytes(10 * c + i, h, w))
+            add_file(train, f"{wnid}.tar", inner.getvalue())
+    with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w") as val:
+        for i in range(len(VAL_CLASSES)):
+            h, w = SIZES[i]
+            add_file(val, f"ILSVRC2012_val_{i + 1:08d}.JPEG", jpeg_bytes(100 + i, h, w))
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ilsvrc")
+    write_ilsvrc(root / "manual")
+    return data.default_config(
+        source="imagenet2012",
+        data_dir=str(root / "tfds"),
+        manual_dir=str(root / "manual"),
+        scale=32,
+        crop_size=24,
+        eval_scale=32,
+    )
+
+
+def test_imagenet2012_from_the_ilsvrc_tars(imagenet):
+    import tensorflow_datasets as tfds
+
+    names = tfds.builder("imagenet2012", data_dir=imagenet.data_dir).info.features["label"].names
+    wanted = {names.index(w) for w in VAL_CLASSES}
+
+    it = data.train_iterator(imagenet, global_batch_size=4, seed=0, mesh=parallel.make_mesh())
+    assert it.num_examples == 6 and it.num_classes == 1000
+    labels = []
+    for _ in range(3):  # two epochs
+        batch = next(it)
+        assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.float32
+        labels.extend(np.asarray(batch["label"]).tolist())
+    assert set(labels) == wanted
+
+    train = list(data.eval_images(imagenet, scale_q=32, split="train"))
+    assert len(train) == 6
+    for ex in train:  # the label is the class of the per-class tar the file came from
+        assert names[ex["label"]] == ex["key"].split("_")[0]
+        assert min(ex["image"].shape[:2]) == 32
+
+    val = sorted(data.eval_images(imagenet, scale_q=32), key=lambda ex: ex["key"])
+    assert [ex["key"] for ex in val] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+    assert [names[ex["label"]] for ex in val] == list(VAL_CLASSES)
+    # Shapes keep the aspect ratio: 30x40 -> 32x42 (floor), 44x36 -> 39x32, 36x36 -> 32x32.
+    assert [ex["image"].shape[:2] for ex in val] == [(32, 42), (39, 32), (32, 32)]
+
+    batches = list(data.local_eval_batches(imagenet, local_batch_size=2))
+    assert [b["mask"].tolist() for b in batches] == [[True, True], [True, False]]
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path):
+    with pytest.raises(ValueError, match="not prepared"):
+        data.make_source("imagenet2012", data_dir=str(tmp_path))
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """folder/train/<class>/: four good JPEGs per class, a truncated JPEG and a non-image."""
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            payload = jpeg_bytes(c * 10 + i, 40 + 4 * i, 48)
+            (tmp_path / "train" / name / f"{name}{i}.jpg").write_bytes(payload)
+    truncated = jpeg_bytes(99, 40, 40)
+    (tmp_path / "train" / "cat" / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (tmp_path / "train" / "dog" / "notanimage.png").write_bytes(b"this is not a PNG file")
+    return {"source": "folder", "folder": str(tmp_path), "eval_split": "train", "scale": 32,
+            "crop_size": 24, "eval_scale": 32}  # fmt: skip
+
+
+def test_corrupt_images_raise_an_error_naming_the_file(folder):
+    with pytest.raises(data.CorruptImageError, match=r"(truncated\.jpg|notanimage\.png).*skip"):
+        list(data.eval_images(folder, scale_q=32))
+    with pytest.raises(data.CorruptImageError, match=r"truncated\.jpg|notanimage\.png"):
+        list(data.local_eval_batches(folder, local_batch_size=4))
+    it = data.train_iterator(folder, global_batch_size=2, seed=0, mesh=parallel.make_mesh())
+    with pytest.raises(data.CorruptImageError, match=r"truncated\.jpg|notanimage\.png"):
+        for _ in range(5):  # one epoch: 10 files
+            next(it)
+
+
+def test_corrupt_images_are_skipped_and_counted_on_request(folder):
+    folder["on_corrupt"] = "skip"
+    good = list(data.eval_images(folder, scale_q=32))
+    assert len(good) == 8 and not any("truncated" in ex["key"] for ex in good)
+    batches = list(data.local_eval_batches(folder, local_batch_size=4))
+    assert len(batches) == 3  # ten files planned: ceil(10 / 4)
+    assert [int(b["mask"].sum()) for b in batches] == [4, 4, 0]
+    it = data.train_iterator(folder, global_batch_size=2, seed=0, mesh=parallel.make_mesh())
+    for _ in range(8):  # two epochs of eight good images
+        assert next(it)["image"].shape == (2, 24, 24, 3)
+    assert it.skipped >= 2 and it.get_state()["skipped"] == [it.skipped]
