@@ -22,7 +22,14 @@ from vgg_flax.pth import load_pth
 
 HEAD_OPTIONS = ("auto", "keep", "drop")
 _BN_TORCH = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-_OLD_CLASSIFIER = {"1": "0", "4": "3"}  # pre-0.2 torchvision: Dropout came before each Linear
+_OLD_CLASSIFIER = {"1": "0", "4": "3"}
+# torchvision's classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear.
+_CLASSIFIER = {0: "fc6", 1: "relu6", 3: "fc7", 4: "relu7", 6: "logits"}
+_HEAD = {
+    "fc6": "fc6",
+    "fc7": "fc7",
+    "logits": "fc8",
+}  # activation -> parameter layer  # pre-0.2 torchvision: Dropout came before each Linear
 
 
 class UnusableHeadWarning(UserWarning):
@@ -41,54 +48,53 @@ class _Entry:
     kind: str  # "conv", "fc6", "fc" or "vector"
 
 
+def torchvision_modules(arch: str) -> dict[str, str]:
+    """torchvision's module path -> vgg-flax activation name, for every layer of `arch`.
+
+    torchvision's features hold one module per activation of `configs.activation_names`
+    (conv, [bn,] relu, ..., pool), in the same order; the classifier's Dropouts have no name.
+    """
+    config, batch_norm = _resolve(arch)
+    names = configs.activation_names(config, batch_norm)
+    trunk = names[: names.index("fc6")]
+    modules = {f"features.{index}": name for index, name in enumerate(trunk)}
+    return modules | {f"classifier.{index}": name for index, name in _CLASSIFIER.items()}
+
+
 def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...]:
     """Every tensor of torchvision's `arch` state dict (without num_batches_tracked), in order."""
-    if arch not in configs.TORCHVISION_ARCHS:
-        raise ValueError(
-            f"unknown torchvision arch {arch!r}; choose one of "
-            + ", ".join(configs.TORCHVISION_ARCHS)
-        )
-    config, batch_norm = configs.TORCHVISION_ARCHS[arch]
+    config, _ = _resolve(arch)
+    convs = {layer.name: layer for layer in configs.layers(config)}
     entries: list[_Entry] = []
-    index, channels = 0, 3
-    for layer in configs.layers(config):
-        if layer.kind != "conv":
-            index += 1  # MaxPool (and LRN, which torchvision never uses) have no tensors
-            continue
-        out, k = layer.features, layer.kernel
-        prefix = f"features.{index}"
-        entries.append(
-            _Entry(
-                f"{prefix}.weight", (out, channels, k, k), "params", layer.name, "kernel", "conv"
-            )
-        )
-        entries.append(_Entry(f"{prefix}.bias", (out,), "params", layer.name, "bias", "vector"))
-        if batch_norm:
-            bn, prefix = "bn" + layer.name[len("conv") :], f"features.{index + 1}"
-            for torch_name, name in _BN_TORCH.items():
+    channels = 3
+    for path, name in torchvision_modules(arch).items():
+        if name in convs and convs[name].kind == "conv":
+            out, k = convs[name].features, convs[name].kernel
+            shape = (out, channels, k, k)
+            entries.append(_Entry(f"{path}.weight", shape, "params", name, "kernel", "conv"))
+            entries.append(_Entry(f"{path}.bias", (out,), "params", name, "bias", "vector"))
+            channels = out
+        elif name.startswith("bn"):
+            for torch_name, ours in _BN_TORCH.items():
                 collection = "params" if torch_name in ("weight", "bias") else "batch_stats"
-                entries.append(
-                    _Entry(f"{prefix}.{torch_name}", (out,), collection, bn, name, "vector")
-                )
-        index += 3 if batch_norm else 2
-        channels = out
-    head_in = channels * configs.HEAD_INPUT_SIZE**2
-    width = configs.HEAD_WIDTH
-    for position, layer, fan_in, fan_out in (
-        ("0", "fc6", head_in, width),
-        ("3", "fc7", width, width),
-        ("6", "fc8", width, num_classes),
-    ):
-        kind = "fc6" if layer == "fc6" else "fc"
-        entries.append(
-            _Entry(
-                f"classifier.{position}.weight", (fan_out, fan_in), "params", layer, "kernel", kind
-            )
-        )
-        entries.append(
-            _Entry(f"classifier.{position}.bias", (fan_out,), "params", layer, "bias", "vector")
-        )
+                key = f"{path}.{torch_name}"
+                entries.append(_Entry(key, (channels,), collection, name, ours, "vector"))
+        elif name in _HEAD:
+            layer, fan_out = _HEAD[name], configs.HEAD_WIDTH if name != "logits" else num_classes
+            fan_in = channels * (configs.HEAD_INPUT_SIZE**2 if layer == "fc6" else 1)
+            kind = "fc6" if layer == "fc6" else "fc"
+            shape = (fan_out, fan_in)
+            entries.append(_Entry(f"{path}.weight", shape, "params", layer, "kernel", kind))
+            entries.append(_Entry(f"{path}.bias", (fan_out,), "params", layer, "bias", "vector"))
+            channels = fan_out
     return tuple(entries)
+
+
+def _resolve(arch: str) -> tuple[str, bool]:
+    if arch not in configs.TORCHVISION_ARCHS:
+        known = ", ".join(configs.TORCHVISION_ARCHS)
+        raise ValueError(f"unknown torchvision arch {arch!r}; choose one of {known}")
+    return configs.TORCHVISION_ARCHS[arch]
 
 
 def from_torchvision(
@@ -304,3 +310,32 @@ def _reverse_axes(x: np.ndarray, block: int = 32) -> np.ndarray:
                 i : i + 8 * block, j : j + block
             ].transpose(2, 1, 0)
     return out
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `vgg-flax convert ARCH PTH OUT_DIR`."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert torchvision weights (.pth) to a vgg-flax Orbax checkpoint",
+        description="Convert a torchvision VGG .pth file into an Orbax checkpoint directory "
+        "that vgg_flax.load(OUT_DIR) reads back as (model, variables).",
+    )
+    parser.add_argument("arch", choices=list(configs.TORCHVISION_ARCHS))
+    parser.add_argument("pth", help="torchvision state dict (zip or legacy format)")
+    parser.add_argument("out_dir", help="new checkpoint directory (must not exist)")
+    parser.add_argument("--head", choices=HEAD_OPTIONS, default="auto", help="see from_torchvision")
+    parser.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    """Convert args.pth and write the checkpoint with the arch recorded beside it."""
+    from vgg_flax.checkpoint import save_model
+
+    variables = from_torchvision(args.pth, args.arch, head=args.head)
+    params = variables["params"]
+    metadata = {"arch": args.arch, "source": os.path.basename(args.pth)}
+    if "fc8" in params:
+        metadata["num_classes"] = int(params["fc8"]["bias"].shape[0])
+    path = save_model(args.out_dir, variables, metadata)
+    print(f"wrote {args.arch} ({'with' if 'fc8' in params else 'without'} head) to {path}")
+    return 0

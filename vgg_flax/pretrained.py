@@ -1,0 +1,133 @@
+"""torchvision's ImageNet weights (PAPER.md section 6): download once, verify, convert.
+
+Files are cached in `VGG_FLAX_CACHE` (default `~/.cache/vgg_flax`); a copy already in torch's hub
+cache is used in place. A download goes to a temporary file in the cache folder and is renamed
+only once its SHA-256 matches the prefix in its name, so the cache never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from typing import Any
+
+from tqdm import tqdm
+
+from vgg_flax import configs
+from vgg_flax.convert import from_torchvision
+from vgg_flax.model import VGG, create_model
+
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
+_BLOCK = 1 << 20
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> str:
+    """The weights folder: `override`, else $VGG_FLAX_CACHE, else ~/.cache/vgg_flax."""
+    if override is not None:
+        return os.fspath(override)
+    default = os.path.join(os.path.expanduser("~"), ".cache", "vgg_flax")
+    return os.environ.get("VGG_FLAX_CACHE", default)
+
+
+def torch_hub_dir() -> str:
+    """torch's checkpoint cache, found as torch.hub does it but without importing torch."""
+    xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    torch_home = os.environ.get("TORCH_HOME", os.path.join(xdg, "torch"))
+    return os.path.join(torch_home, "hub", "checkpoints")
+
+
+def fetch(
+    file: str,
+    *,
+    base_url: str | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> str:
+    """Path of the weight file `file`, downloaded from `base_url` into the cache if needed.
+
+    `base_url` defaults to $VGG_FLAX_BASE_URL or torchvision's server. A copy in torch's hub
+    cache is used when its hash matches; a download that fails or mismatches leaves nothing.
+    """
+    match = _HASH_IN_NAME.search(file)
+    if match is None or os.path.basename(file) != file:
+        raise ValueError(f"{file!r} is not a weight file name ending in -<sha256 prefix>.pth")
+    prefix = match.group(1)
+    folder = cache_dir(cache)
+    for candidate in (os.path.join(folder, file), os.path.join(torch_hub_dir(), file)):
+        if os.path.isfile(candidate) and _sha256(candidate).startswith(prefix):
+            return candidate
+    base_url = base_url or os.environ.get("VGG_FLAX_BASE_URL", configs.TORCHVISION_WEIGHTS_URL)
+    url = base_url.rstrip("/") + "/" + file
+    os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{file}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url) as response:
+            digest = _download(response, out, file, progress)
+        if not digest.startswith(prefix):
+            raise ValueError(
+                f"{url} has SHA-256 {digest[:16]}..., but its name promises {prefix}: the "
+                "download is corrupt or the server holds another file; nothing was cached"
+            )
+        target = os.path.join(folder, file)
+        os.replace(temp, target)
+        return target
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def pretrained(
+    name: str = "vgg16",
+    *,
+    base_url: str | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    head: str = "auto",
+) -> tuple[VGG, dict[str, Any]]:
+    """`(model, variables)` with torchvision's ImageNet weights for `name` (e.g. "vgg16_bn").
+
+    `name` is a key of `configs.TORCHVISION_WEIGHTS`; "vgg16_features" is the features-only file
+    (its head is dropped with a warning). Preprocessing: see `configs.TORCHVISION_WEIGHTS[name]`.
+    """
+    if name not in configs.TORCHVISION_WEIGHTS:
+        known = ", ".join(configs.TORCHVISION_WEIGHTS)
+        raise ValueError(f"no torchvision weights named {name!r}; choose one of {known}")
+    weights = configs.TORCHVISION_WEIGHTS[name]
+    path = fetch(weights.file, base_url=base_url, cache=cache, progress=progress)
+    variables = from_torchvision(path, weights.arch, head=head)
+    num_classes = (
+        variables["params"]["fc8"]["bias"].shape[0] if "fc8" in variables["params"] else 1000
+    )
+    return create_model(weights.arch, num_classes=num_classes), variables
+
+
+def _download(response: Any, out: Any, label: str, progress: bool) -> str:
+    total = response.headers.get("Content-Length")
+    digest = hashlib.sha256()
+    received = 0
+    with tqdm(
+        total=int(total) if total else None,
+        unit="B",
+        unit_scale=True,
+        desc=label,
+        disable=not progress,
+    ) as bar:
+        while block := response.read(_BLOCK):
+            out.write(block)
+            digest.update(block)
+            received += len(block)
+            bar.update(len(block))
+    if total is not None and received != int(total):
+        raise ValueError(f"download of {label} stopped after {received} of {total} bytes")
+    return digest.hexdigest()
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
