@@ -46,6 +46,7 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
         shuffle_buffer=10_000,
         on_corrupt="error",  # "skip": drop undecodable images and count them
         prefetch=2,  # batches prepared ahead
+        threads=None,  # tf.data worker threads (None: one per core)
     )
     unknown = set(overrides) - set(cfg)
     if unknown:

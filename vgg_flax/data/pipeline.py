@@ -81,6 +81,14 @@ def _output(ex, image):
     return {"image": image, "label": ex["label"], "position": ex["position"]}
 
 
+def _with_options(ds: tf.data.Dataset, cfg: Mapping[str, Any]) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    if cfg["threads"]:
+        options.threading.private_threadpool_size = cfg["threads"]
+    return ds.with_options(options)
+
+
 def _with_positions(ds: tf.data.Dataset, offset: tf.Tensor | int = 0) -> tf.data.Dataset:
     return ds.enumerate().map(lambda i, ex: {**ex, "position": i + offset})
 
@@ -184,7 +192,8 @@ class TrainIterator:
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         ).ignore_errors()
-        return ds.batch(self.local_batch_size, drop_remainder=True).prefetch(self.cfg["prefetch"])
+        ds = ds.batch(self.local_batch_size, drop_remainder=True).prefetch(self.cfg["prefetch"])
+        return _with_options(ds, self.cfg)
 
     def _describe(self, position: int) -> tuple[str, str]:
         per_epoch = self.stop - self.start
@@ -282,7 +291,7 @@ def local_eval_batches(
     records, count = _eval_records(source, cfg, split, host, hosts)
     transform = _eval_transform(cfg, preprocess.center_plan(cfg["eval_scale"], cfg["crop_size"]))
     ds = records.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
-    ds = ds.batch(local_batch_size).prefetch(cfg["prefetch"])
+    ds = _with_options(ds.batch(local_batch_size).prefetch(cfg["prefetch"]), cfg)
     crop = cfg["crop_size"]
     empty = {
         "image": np.zeros((0, crop, crop, 3), np.float32),
@@ -367,6 +376,6 @@ def eval_images(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.ignore_errors().prefetch(cfg["prefetch"])
+    ds = _with_options(ds.ignore_errors().prefetch(cfg["prefetch"]), cfg)
     for ex in _checked(ds, records, transform, cfg["on_corrupt"], count):
         yield {"image": ex["image"], "label": int(ex["label"]), "key": ex["key"].decode()}

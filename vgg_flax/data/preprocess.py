@@ -142,7 +142,11 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
 def decode(image: tf.Tensor) -> tf.Tensor:
     """Encoded bytes (JPEG, PNG, GIF, BMP) or a decoded array -> HxWx3 uint8."""
     if image.dtype == tf.string:
-        return tf.io.decode_image(image, channels=3, expand_animations=False)
+        return tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.io.decode_jpeg(image, channels=3, dct_method=JPEG_DCT),
+            lambda: tf.io.decode_image(image, channels=3, expand_animations=False),
+        )
     return to_rgb(image)
 
 
