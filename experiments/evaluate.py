@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
+    parser.add_argument(
+        "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
+    )
     parser.add_argument("--output", default=None, help="JSON result file")
     return parser
 
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
+        align=args.align,
         progress=lambda it, total: tqdm(it, total=total, desc=args.protocol, unit="img"),
     )
     result = {

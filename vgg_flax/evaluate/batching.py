@@ -57,13 +57,13 @@ def count_shapes(
 ) -> int:
     """How many padded shapes images of the given (height, width) fill when rescaled to Q.
 
-    The rescale follows the usual isotropic rule (smaller side Q, other side rounded); use it to
-    predict compile counts for a dataset's size distribution.
+    The rescale is the data pipeline's (smaller side Q, longer side floored, as torchvision's
+    Resize); use it to predict compile counts for a dataset's size distribution.
     """
     shapes = set()
     for height, width in sizes:
         short = min(height, width)
-        scaled = (round(height * scale_q / short), round(width * scale_q / short))
+        scaled = (height * scale_q // short, width * scale_q // short)
         shapes.add(padded_shape(*scaled, align))
     return len(shapes)
 

@@ -104,12 +104,16 @@ def evaluate_dataset(
     split: str | None = None,
     limit: int | None = None,
     batch_size: int = 8,
+    align: int = configs.NETWORK_STRIDE,
     progress: Callable[[Iterator, int], Iterator] | None = None,
+    posteriors: dict[int, tuple[int, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 error (%) of the ensemble `scorers` under `protocol` at test scales `scales`.
 
-    `limit` evaluates only the first images; `progress(iterator, total)` wraps the results (e.g.
-    a tqdm bar). The result also reports the compiled shapes and the throughput.
+    `limit` evaluates only the first images; `align` sets the padded shapes' granularity;
+    `progress(iterator, total)` wraps the results (e.g. a tqdm bar); `posteriors`, when given,
+    receives index -> (label, float32 posterior) for combining runs later. The result also
+    reports the compiled shapes and the throughput.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -119,7 +123,7 @@ def evaluate_dataset(
     total = split_size(data_config, split)
     total = total if limit is None else min(limit, total)
     examples = itertools.islice(dataset_examples(data_config, protocol, scales, split), total)
-    results = evaluate(scorers, examples, protocol, flips=flips, batch_size=batch_size)
+    results = evaluate(scorers, examples, protocol, flips=flips, batch_size=batch_size, align=align)
     if progress is not None:
         results = progress(results, total)
     started = time.perf_counter()
@@ -131,6 +135,9 @@ def evaluate_dataset(
 
     for item in results:
         chunk.append(item)
+        if posteriors is not None:
+            (index, label, _), posterior = item
+            posteriors[index] = (label, posterior.astype(np.float32))
         if len(chunk) == 256:
             counts, chunk = drain(counts), []
     counts = drain(counts)

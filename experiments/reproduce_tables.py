@@ -1,0 +1,231 @@
+"""The grid of the paper's Tables 3-6 for given checkpoints, in markdown beside the paper's errors.
+
+    python -m experiments.reproduce_tables --checkpoint runs/d_256/model@256 \
+        --checkpoint runs/d_jitter/model@256-512 --dataset imagenet2012 --manual-dir ~/imagenet \
+        --output tables.md
+
+Each checkpoint is `PATH@S` with its training scale S (`256`, `384`, or `256-512` for scale
+jittering; default 256). Per checkpoint three passes are run: dense at Table 3's single test
+scale, dense and multi-crop at Table 4's test scales. Table 5's "dense+multicrop" averages the last
+two posteriors, and Table 6 averages every checkpoint's dense+multicrop posteriors (an ensemble),
+exactly what those protocols compute, without re-running the nets. The paper's numbers come from
+`vgg_flax.configs.PAPER_RESULTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch  # noqa: F401  # torch before TensorFlow (the data module): shared/ENVIRONMENT.md
+import torchvision  # noqa: F401
+
+from experiments.evaluate import data_options
+from vgg_flax import configs
+from vgg_flax.evaluate.metrics import TopKCounts
+
+Scale = int | tuple[int, int]
+Posteriors = dict[int, tuple[int, np.ndarray]]
+
+
+def parse_checkpoint(spec: str) -> tuple[str, Scale]:
+    """`PATH@S` -> (PATH, S): S is an int, or (Smin, Smax) written `Smin-Smax`."""
+    path, _, scale = spec.rpartition("@") if "@" in spec else (spec, "", "256")
+    try:
+        low, _, high = scale.partition("-")
+        parsed: Scale = (int(low), int(high)) if high else int(low)
+    except ValueError:
+        raise ValueError(
+            f"bad training scale {scale!r} in {spec!r}; write PATH@256, PATH@384 or PATH@256-512"
+        ) from None
+    return path, parsed
+
+
+def scale_text(scale: Scale) -> str:
+    """S as the paper prints it: 256 or [256,512]."""
+    return f"[{scale[0]},{scale[1]}]" if isinstance(scale, tuple) else str(scale)
+
+
+def combine(runs: Sequence[Posteriors]) -> Posteriors:
+    """The mean posterior of several runs over the same examples (labels must agree)."""
+    out: Posteriors = {}
+    for index in runs[0]:
+        labels = {run[index][0] for run in runs}
+        if len(labels) != 1:
+            raise ValueError(f"runs disagree on the label of example {index}")
+        out[index] = (labels.pop(), np.mean([run[index][1] for run in runs], axis=0))
+    return out
+
+
+def errors(posteriors: Posteriors) -> dict[str, float]:
+    """Top-1/top-5 error (%) of index -> (label, posterior)."""
+    labels = np.array([label for label, _ in posteriors.values()])
+    scores = np.stack([p for _, p in posteriors.values()])
+    return TopKCounts().add(scores, labels).errors()
+
+
+def paper_row(
+    table: int, nets: tuple[str, ...], scale: Scale, scales: tuple[int, ...], protocol: str
+) -> configs.PaperResult | None:
+    """The paper's row for this setting, if the paper reports one."""
+    for row in configs.PAPER_RESULTS:
+        if (row.table, row.configs, row.train_scale, row.test_scales, row.protocol) == (
+            table,
+            nets,
+            scale,
+            scales,
+            protocol,
+        ):
+            return row
+    return None
+
+
+def markdown(rows: list[dict[str, Any]], examples: int) -> str:
+    """The result grid as a markdown table beside the paper's numbers."""
+    lines = [
+        f"Top-1 / top-5 error (%) on {examples} images; the paper's on ILSVRC-2012 validation "
+        "(50,000 images).",
+        "",
+        "| Table | Net | train S | test Q | protocol | top-1 | top-5 | paper top-1 | paper top-5 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        paper = row["paper"]
+        theirs = (f"{paper.top1:.1f}", f"{paper.top5:.1f}") if paper else ("-", "-")
+        lines.append(
+            f"| {row['table']} | {row['net']} | {row['train_scale']} | {row['test_scales']} | "
+            f"{row['protocol']} | {row['top1']:.1f} | {row['top5']:.1f} | {theirs[0]} | "
+            f"{theirs[1]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m experiments.reproduce_tables`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.reproduce_tables", description=__doc__
+    )
+    parser.add_argument("--checkpoint", action="append", required=True, help="PATH@S, repeated")
+    parser.add_argument("--arch", help="architecture of .pth files if not in their name")
+    parser.add_argument("--dataset", default="imagenet2012")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--manual-dir", default=None)
+    parser.add_argument("--folder", default=None)
+    parser.add_argument("--normalize", choices=("mean_rgb", "torchvision", "caffe"))
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output", default="tables.md", help="markdown file (JSON beside it)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Evaluate the grid; write markdown and JSON; return the rows."""
+    from tqdm import tqdm
+
+    from vgg_flax import data
+    from vgg_flax.evaluate import runner
+
+    specs = [parse_checkpoint(spec) for spec in args.checkpoint]
+    args.checkpoint = [path for path, _ in specs]  # data_options looks at the file types
+    data_config = data.default_config(**data_options(args))
+    rows: list[dict[str, Any]] = []
+    both_runs: list[Posteriors] = []
+    nets: list[str] = []
+    examples = 0
+
+    def add(table, net, configs_, scale, scales, protocol, posteriors):
+        result = errors(posteriors)
+        row = paper_row(table, configs_, scale, tuple(scales), protocol)
+        rows.append(
+            {
+                "table": table,
+                "net": net,
+                "train_scale": scale_text(scale),
+                "test_scales": ",".join(map(str, scales)),
+                "protocol": protocol,
+                "top1": result["top1"],
+                "top5": result["top5"],
+                "paper": row,
+            }
+        )
+
+    for path, scale in specs:
+        scorer = runner.load_network(path, args.arch)
+        net = scorer.model.config + ("-BN" if scorer.model.batch_norm else "")
+        nets.append(net)
+        passes = {}
+        for name, protocol, scales in (
+            ("single", "dense", configs.single_test_scale(scale)),
+            ("dense", "dense", configs.multi_test_scales(scale)),
+            ("multicrop", "multicrop", configs.multi_test_scales(scale)),
+        ):
+            posteriors: Posteriors = {}
+            result = runner.evaluate_dataset(
+                [scorer],
+                data_config,
+                protocol=protocol,
+                scales=scales,
+                split=args.split,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                progress=lambda it, n, d=f"{net} {name}": tqdm(it, total=n, desc=d, unit="img"),
+                posteriors=posteriors,
+            )
+            examples = result["examples"]
+            passes[name] = posteriors
+        multi = configs.multi_test_scales(scale)
+        key = (net,)  # "-BN" nets have no row in the paper
+        add(3, net, key, scale, configs.single_test_scale(scale), "dense", passes["single"])
+        add(4, net, key, scale, multi, "dense", passes["dense"])
+        both = combine([passes["dense"], passes["multicrop"]])
+        for protocol, posteriors in (
+            ("dense", passes["dense"]),
+            ("multicrop", passes["multicrop"]),
+            ("dense+multicrop", both),
+        ):
+            add(5, net, key, scale, multi, protocol, posteriors)
+        both_runs.append(both)
+        del scorer, passes
+    if len(both_runs) > 1:
+        scale = specs[0][1] if len({s for _, s in specs}) == 1 else "mixed"
+        scales = configs.multi_test_scales(specs[0][1])
+        ensemble = combine(both_runs)
+        add(6, "+".join(nets), tuple(nets), scale, scales, "dense+multicrop", ensemble)
+
+    rows.sort(key=lambda row: row["table"])  # stable: checkpoints keep their order per table
+    text = markdown(rows, examples)
+    tmp = f"{args.output}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.output)
+    serialisable = [
+        {**row, "paper": row["paper"] and {"top1": row["paper"].top1, "top5": row["paper"].top5}}
+        for row in rows
+    ]
+    json_path = os.path.splitext(args.output)[0] + ".json"
+    with open(json_path + ".tmp", "w") as f:
+        json.dump({"examples": examples, "rows": serialisable}, f, indent=2)
+    os.replace(json_path + ".tmp", json_path)
+    print(text)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except ValueError as error:
+        print(f"reproduce_tables: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
