@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vgg_flax import data, parallel
+from vgg_flax import cli, data, parallel
 
 # The first three validation images' classes in the list TFDS ships (validation_labels.txt):
 # labels are matched to ILSVRC2012_val_00000001.JPEG ... by sorted file name.
@@ -50,8 +50,11 @@ def write_ilsvrc(manual_dir, per_class: int = 2) -> None:
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory):
+    """Prepared with README.md's command: vgg-flax prepare-data --manual_dir ... --data_dir ..."""
     root = tmp_path_factory.mktemp("ilsvrc")
     write_ilsvrc(root / "manual")
+    argv = ["prepare-data", "--manual_dir", str(root / "manual"), "--data_dir", str(root / "tfds")]
+    assert cli.main(argv) == 0
     return data.default_config(
         source="imagenet2012",
         data_dir=str(root / "tfds"),
@@ -96,6 +99,8 @@ def test_imagenet2012_from_the_ilsvrc_tars(imagenet):
 def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(ValueError, match="not prepared"):
         data.make_source("imagenet2012", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="ILSVRC2012_img_train.tar"):
+        data.prepare("imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path))
 
 
 @pytest.fixture()

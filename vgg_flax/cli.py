@@ -7,7 +7,13 @@ import importlib
 import sys
 
 # Modules that register a subcommand; imported lazily so `vgg-flax summary` stays light.
-SUBCOMMAND_MODULES = ("vgg_flax.summary", "vgg_flax.demo", "vgg_flax.convert", "vgg_flax.parity")
+SUBCOMMAND_MODULES = (
+    "vgg_flax.summary",
+    "vgg_flax.demo",
+    "vgg_flax.convert",
+    "vgg_flax.parity",
+    "vgg_flax.data.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,25 +1,27 @@
-"""Input pipeline: the paper's training and test preprocessing over TFDS sources (needs the
-`data` extra: TensorFlow, TFDS). Import torch/torchvision before this package if you use both."""
+"""Input pipeline: the paper's training and test preprocessing over TFDS sources.
 
-from vgg_flax.data.config import default_config
-from vgg_flax.data.pipeline import (
-    CorruptImageError,
-    TrainIterator,
-    eval_images,
-    eval_iterator,
-    local_eval_batches,
-    train_iterator,
-)
-from vgg_flax.data.sources import make_source, prepare
+Needs the `data` extra (TensorFlow, TFDS). Names load lazily, so `vgg_flax.data.cli` stays light;
+import torch/torchvision before using this package if a process uses both.
+"""
 
-__all__ = [
-    "CorruptImageError",
-    "TrainIterator",
-    "default_config",
-    "eval_images",
-    "eval_iterator",
-    "local_eval_batches",
-    "make_source",
-    "prepare",
-    "train_iterator",
-]
+import importlib
+
+_EXPORTS = {
+    "default_config": "vgg_flax.data.config",
+    "CorruptImageError": "vgg_flax.data.pipeline",
+    "TrainIterator": "vgg_flax.data.pipeline",
+    "eval_images": "vgg_flax.data.pipeline",
+    "eval_iterator": "vgg_flax.data.pipeline",
+    "local_eval_batches": "vgg_flax.data.pipeline",
+    "train_iterator": "vgg_flax.data.pipeline",
+    "make_source": "vgg_flax.data.sources",
+    "prepare": "vgg_flax.data.sources",
+    "pixel_stats": "vgg_flax.data.stats",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vgg_flax.data' has no attribute {name!r}")

@@ -89,6 +89,16 @@ def digits_source(image_size: int = 32) -> Source:
 
 def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> None:
     """Build a TFDS dataset (for imagenet2012: from the ILSVRC tars in `manual_dir`)."""
+    if manual_dir is not None and not os.path.isdir(manual_dir):
+        raise ValueError(f"manual_dir={manual_dir!r} is not a directory")
+    if name == "imagenet2012":
+        tars = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+        found = [t for t in tars if manual_dir and os.path.isfile(os.path.join(manual_dir, t))]
+        if not found:
+            raise ValueError(
+                f"imagenet2012 is prepared from the official tars: put {' and '.join(tars)} in "
+                f"a folder and pass it as manual_dir (README.md, section Data)"
+            )
     builder = tfds.builder(name, data_dir=data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
