@@ -81,3 +81,81 @@ def _existing(directory: str | os.PathLike) -> str:
             "vgg_flax.checkpoint.save_model or `vgg-flax convert`"
         )
     return path
+
+
+# --- Training checkpoints (vgg_flax.train): one Orbax CheckpointManager per run ---
+# Each step directory holds `state` (params, batch_stats, optimiser state, step, RNG key data) and
+# `meta` (JSON: the model's identity, schedule state and the input iterator's position).
+_IDENTITY = ("arch", "batch_norm", "num_classes")
+
+
+def training_manager(directory: str | os.PathLike, *, keep: int = 2) -> ocp.CheckpointManager:
+    """A manager for `directory` that keeps the latest `keep` step checkpoints.
+
+    Saves are synchronous (the train step donates its state buffers, so they must be on disk
+    before the next step) and atomic (written to a temporary folder, then renamed); temporary
+    folders left by a killed run are removed on start.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 checkpoint, got {keep}")
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
+    path = os.path.abspath(os.fspath(directory))
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+
+
+def save_training(
+    manager: ocp.CheckpointManager, step: int, state: Any, meta: Mapping[str, Any]
+) -> None:
+    """Write training `state` and JSON `meta` (needs the `_IDENTITY` keys) as checkpoint `step`."""
+    missing = [key for key in _IDENTITY if key not in meta]
+    if missing:
+        raise ValueError(f"training checkpoint metadata lacks {missing}")
+    if step in manager.all_steps():
+        return  # already written (e.g. the final save right after a periodic one)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+        ),
+        force=True,
+    )
+
+
+def restore_training(
+    manager: ocp.CheckpointManager, target: Any, identity: Mapping[str, Any]
+) -> tuple[Any, dict[str, Any]] | None:
+    """The latest `(state, meta)` in `manager`, shaped and sharded like `target`; None if empty.
+
+    Refuses, with ValueError, a checkpoint whose `identity` (arch, batch_norm, num_classes)
+    differs from the run's, and one that cannot be read back (corrupt or truncated files).
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None
+    where = os.path.join(str(manager.directory), str(step))
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as error:  # Orbax raises many types for damaged files
+        raise ValueError(f"checkpoint {where} is corrupt (unreadable metadata): {error}") from error
+    theirs = {key: meta.get(key) for key in _IDENTITY}
+    ours = {key: identity[key] for key in _IDENTITY}
+    if theirs != ours:
+        raise ValueError(
+            f"checkpoint {where} belongs to another network ({theirs}), not this run's {ours}; "
+            "use a new workdir, or pass the checkpoint as init_from to start from its weights"
+        )
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+    except Exception as error:
+        raise ValueError(
+            f"checkpoint {where} is corrupt or does not match this run's state: {error}; "
+            "delete that step directory to resume from the one before"
+        ) from error
+    return restored["state"], dict(meta)

@@ -1,0 +1,86 @@
+"""The shared base of every experiment config: the paper's recipe (section 3.1) as defaults.
+
+Each Table 3 config calls `paper_config(...)` with what its row changes; `local(config)` turns
+any of them into a seconds-long smoke run on the embedded digits (tiny batch, two steps).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vgg_flax import configs
+
+
+def paper_config(
+    model: str,
+    *,
+    scale: int = configs.TRAIN_SCALE,
+    scale_range: tuple[int, int] | None = None,
+    learning_rate: float = configs.TRAIN_LEARNING_RATE,
+    init_from: str = "",
+) -> ml_collections.ConfigDict:
+    """A config that trains `model` on ImageNet at training scale S=`scale` (or jittered)."""
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.batch_norm = False
+    config.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
+    config.dropout = configs.TRAIN_DROPOUT
+    config.init = "paper"  # "paper" N(0, init_std), "glorot", "torchvision"
+    config.init_std = 0.01
+    config.init_from = init_from  # a vgg-flax checkpoint directory (e.g. a run's model/)
+    config.init_skip = ()  # target layers not to copy (e.g. ("fc8",) for other classes)
+    config.seed = 0
+
+    config.batch_size = configs.TRAIN_BATCH_SIZE  # global, whatever the number of devices
+    config.eval_batch_size = configs.TRAIN_BATCH_SIZE
+    config.eval_batches = 0  # 0: the whole evaluation split
+    config.num_epochs = configs.TRAIN_EPOCHS
+    config.total_steps = 0  # 0: num_epochs of the training split
+    config.eval_every_steps = 0  # 0: once per epoch
+    config.log_every_steps = 50
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = learning_rate
+    config.optim.momentum = configs.TRAIN_MOMENTUM
+    config.optim.weight_decay = configs.TRAIN_WEIGHT_DECAY
+    config.optim.l2_mask = "kernels"  # "kernels" (weights only) or "all"
+    config.optim.schedule = "plateau"  # "plateau", "step" (torchvision's) or "constant"
+    config.optim.patience = 2  # evaluations without a better val accuracy before a drop
+    config.optim.min_delta = 0.0
+    config.optim.factor = configs.TRAIN_LR_FACTOR
+    config.optim.max_drops = configs.TRAIN_LR_MAX_DROPS
+    config.optim.step_epochs = configs.TORCHVISION_RECIPE["step_epochs"]  # "step" schedule only
+    config.optim.warmup_steps = 0
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.keep = 2
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "imagenet2012"
+    config.data.scale = scale
+    config.data.scale_range = scale_range
+    return config
+
+
+def local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` shrunk to a smoke run: digits at 32x32, batch 2, two steps, one eval batch."""
+    config.data = ml_collections.ConfigDict({"source": "digits"})
+    config.init_from = ""  # local runs have no trained A to start from
+    config.batch_size = 2
+    config.eval_batch_size = 2
+    config.eval_batches = 1
+    config.total_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint.every_steps = 2
+    config.checkpoint.keep = 1
+    return config
+
+
+def get(config: ml_collections.ConfigDict, mode: str | None) -> ml_collections.ConfigDict:
+    """The full config, or its local mode when `mode` is "local" (`--config path.py:local`)."""
+    if mode in (None, "", "full"):
+        return config
+    if mode == "local":
+        return local(config)
+    raise ValueError(f"unknown config mode {mode!r}; use 'local' or nothing")

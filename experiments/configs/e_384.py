@@ -1,0 +1,25 @@
+"""Table 3, E at S=384: ImageNet (ILSVRC-2012) training, the paper's recipe.
+
+Run:   python -m experiments.train --config experiments/configs/e_384.py --workdir runs/e_384
+Smoke: python -m experiments.train --config experiments/configs/e_384.py:local --workdir /tmp/s
+Aims for the paper's single-scale result (Q=384): top-1 error 26.9%, top-5 error 8.7%.
+Initialised from the S=256 model, lr 1e-3.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+from vgg_flax import configs
+
+
+def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
+    """The E, S=384 config; mode "local" is a two-step run on the digits."""
+    config = common.paper_config(
+        "E",
+        scale=384,
+        learning_rate=configs.TRAIN_FINETUNE_LEARNING_RATE,
+        init_from="runs/e_256/model",
+    )
+    return common.get(config, mode)

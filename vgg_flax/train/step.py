@@ -1,0 +1,127 @@
+"""The jitted training and evaluation steps, data-parallel over a one-axis device mesh.
+
+Parameters and optimiser state are replicated, the batch is split over the mesh axis "data",
+and `jax.jit` with these shardings inserts the gradient all-reduce itself, so one step on N
+devices computes the same update as on one device (no `jax.pmap`). The state is a plain dict:
+{"step", "params", "batch_stats", "opt_state", "rng"} with the base dropout key stored as raw
+uint32 key data (Orbax saves it like any array).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from vgg_flax.parallel import batch_sharding, replicated
+from vgg_flax.train.optim import l2_penalty
+
+State = dict[str, Any]
+
+
+def create_state(
+    variables: dict[str, Any], tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh
+) -> State:
+    """The initial training state, every leaf replicated over `mesh`."""
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": variables["params"],
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": tx.init(variables["params"]),
+        "rng": jax.random.key_data(key),
+    }
+    return jax.device_put(state, replicated(mesh))
+
+
+def model_variables(state: State) -> dict[str, Any]:
+    """The Flax variables of a training state (what `model.apply` and checkpoints take)."""
+    variables = {"params": state["params"]}
+    if state["batch_stats"]:
+        variables["batch_stats"] = state["batch_stats"]
+    return variables
+
+
+def make_train_step(
+    model: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    weight_decay: float,
+    l2_mask: Any,
+) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
+    """`step(state, batch, learning_rate) -> (state, metrics)`, jitted; donates `state`.
+
+    Loss: mean cross-entropy over the global batch plus the L2 term on the `l2_mask` params.
+    Dropout draws from fold_in(base key, step), so a resumed run draws the same masks.
+    """
+
+    def train_step(state: State, batch: dict[str, jax.Array], lr: jax.Array):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params: Any):
+            variables = model_variables({**state, "params": params})
+            logits, updates = model.apply(
+                variables,
+                batch["image"],
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            logits = logits.astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            l2 = l2_penalty(params, l2_mask, weight_decay)
+            return ce + l2, (ce, l2, logits, updates.get("batch_stats", {}))
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (ce, l2, logits, batch_stats)), grads = grad_fn(state["params"])
+        direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, d: p - lr.astype(p.dtype) * d, state["params"], direction)
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss,
+            "cross_entropy": ce,
+            "l2": l2,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        }
+        return new_state, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, batch_sharding(mesh), rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    model: Any, mesh: Mesh
+) -> Callable[[State, dict[str, jax.Array]], dict[str, jax.Array]]:
+    """`eval_step(state, batch) -> sums` of top-1/top-5 hits, loss and count where "mask" is set."""
+
+    def eval_step(state: State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        logits = model.apply(model_variables(state), batch["image"], train=False)
+        logits = logits.astype(jnp.float32)
+        mask = batch["mask"].astype(jnp.float32)
+        labels = batch["label"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        return {
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+            "loss": jnp.sum(ce * mask),
+            "count": jnp.sum(mask),
+        }
+
+    rep = replicated(mesh)
+    return jax.jit(eval_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)

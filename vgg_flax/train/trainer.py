@@ -1,0 +1,281 @@
+"""The training loop: `train(config, workdir)` runs one experiment config end to end.
+
+Read top to bottom, in the order of its headed sections: set up (hosts, mesh), input, model and
+optimiser, initial state, checkpoints (resume), steps, evaluation, loop, end of run. The config
+fields are those of `experiments/configs/digits.py` (see README.md, "Training").
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vgg_flax import checkpoint
+from vgg_flax.model import create_model
+from vgg_flax.parallel import make_mesh
+from vgg_flax.train import metrics as metrics_lib
+from vgg_flax.train import optim
+from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
+from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+def initialize_distributed() -> None:
+    """Join a multi-host run when the environment describes one; no-op on a single host.
+
+    JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID set the run explicitly;
+    clusters JAX detects by itself (SLURM, Open MPI, Cloud TPU) are joined with no arguments.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    ):
+        jax.distributed.initialize()
+
+
+class _StopOnSigterm:
+    """Remembers a SIGTERM so the loop can checkpoint and leave cleanly (pre-emption)."""
+
+    def __enter__(self) -> _StopOnSigterm:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+    """Train `config` (an ml_collections ConfigDict) in `workdir`; returns the run's summary.
+
+    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves there
+    the checkpoints, `model/` (the final weights for `checkpoint.load`), metrics.jsonl, TensorBoard
+    events under tb/, metrics.png and summary.json.
+    """
+    from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
+
+    started = time.perf_counter()
+    # ----- Set up: hosts, devices, the mesh --------------------------------------------------
+    initialize_distributed()
+    mesh = make_mesh()
+    os.makedirs(workdir, exist_ok=True)
+    writer = metrics_lib.MetricsWriter(workdir)
+
+    # ----- Input --------------------------------------------------------------------------
+    data_config = data.default_config(**dict(config.data))
+    train_iter = data.train_iterator(
+        data_config, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh
+    )
+    num_classes = train_iter.num_classes
+    steps_per_epoch = max(1, train_iter.num_examples // config.batch_size)
+    total_steps = config.total_steps or round(config.num_epochs * steps_per_epoch)
+    eval_every = config.eval_every_steps or steps_per_epoch
+
+    # ----- Model and optimiser --------------------------------------------------------------
+    model = create_model(
+        config.model,
+        batch_norm=config.batch_norm,
+        num_classes=num_classes,
+        dropout_rate=config.dropout,
+        weight_init=config.init,
+        init_std=config.init_std,
+        dtype=DTYPES[config.dtype],
+    )
+    tx = optim.sgd(config.optim.momentum)
+    identity = {
+        "arch": model.config,
+        "batch_norm": model.batch_norm,
+        "num_classes": num_classes,
+    }
+
+    # ----- Initial state: fresh, or weights from a trained net ------------------------------
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    variables = jax.jit(init_variables, static_argnums=(0, 2))(
+        model, init_key, data_config.crop_size
+    )
+    if config.init_from:
+        variables = start_from(variables, model.config, config.init_from, config.init_skip)
+    state = create_state(variables, tx, dropout_key, mesh)
+    del variables
+    l2_mask = optim.l2_mask(state["params"], config.optim.l2_mask)
+
+    # ----- Checkpoints: resume where a previous run stopped --------------------------------
+    manager = checkpoint.training_manager(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
+    )
+    plateau = optim.Plateau()
+    restored = checkpoint.restore_training(manager, state, identity)
+    if restored is not None:
+        state, meta = restored
+        plateau = optim.Plateau.from_json(meta["plateau"])
+        train_iter.set_state(meta["data"])
+        log.info("resumed from step %d", int(state["step"]))
+    step = int(state["step"])
+
+    def save() -> None:
+        meta = {**identity, "step": step, "plateau": plateau.to_json()}
+        meta["data"] = train_iter.get_state()
+        checkpoint.save_training(manager, step, state, meta)
+
+    # ----- Steps ----------------------------------------------------------------------------
+    train_step = make_train_step(
+        model, tx, mesh, weight_decay=config.optim.weight_decay, l2_mask=l2_mask
+    )
+    eval_step = make_eval_step(model, mesh)
+
+    def lr_at(step: int) -> float:
+        return optim.learning_rate(
+            step,
+            schedule=config.optim.schedule,
+            base=config.optim.learning_rate,
+            factor=config.optim.factor,
+            plateau=plateau,
+            step_every=round(config.optim.step_epochs * steps_per_epoch),
+            warmup_steps=config.optim.warmup_steps,
+        )
+
+    # ----- Evaluation -----------------------------------------------------------------------
+    def evaluate() -> dict[str, float]:
+        batches = data.eval_iterator(
+            data_config, global_batch_size=config.eval_batch_size, mesh=mesh
+        )
+        if config.eval_batches:
+            batches = itertools.islice(batches, config.eval_batches)
+        return _evaluate(eval_step, state, batches)
+
+    # ----- Loop -----------------------------------------------------------------------------
+    last_eval: dict[str, float] = {}
+    images_per_s = math.nan
+    with (
+        _StopOnSigterm() as stop,
+        tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, unit="step") as bar,
+    ):
+        tick, tick_step = time.perf_counter(), step
+        while step < total_steps and not stop.requested:
+            lr = lr_at(step)
+            state, step_metrics = train_step(state, next(train_iter), jnp.float32(lr))
+            # Reading the loss waits for the step: it keeps simulated devices in lockstep and
+            # catches a diverging run before any checkpoint of it is written.
+            step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            step += 1
+            if not math.isfinite(step_metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"loss is {step_metrics['loss']} at step {step} (learning rate {lr:g}); "
+                    f"the last good checkpoint is step {manager.latest_step()} in "
+                    f"{manager.directory}; lower the learning rate or add warm-up steps"
+                )
+            if step % config.log_every_steps == 0 or step == total_steps:
+                now = time.perf_counter()
+                images_per_s = (step - tick_step) * config.batch_size / (now - tick)
+                tick, tick_step = now, step
+                writer.write(
+                    step,
+                    {**step_metrics, "learning_rate": lr, "images_per_s": images_per_s},
+                    kind="train",
+                )
+            bar.set_postfix(
+                loss=f"{step_metrics['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}"
+            )
+            bar.update(1)
+            if step % eval_every == 0 or step == total_steps:
+                last_eval = evaluate()
+                writer.write(step, last_eval, kind="eval")
+                plateau = optim.plateau_update(
+                    plateau,
+                    last_eval["accuracy"],
+                    patience=config.optim.patience,
+                    max_drops=config.optim.max_drops,
+                    min_delta=config.optim.min_delta,
+                )
+                bar.write(
+                    f"step {step}: eval top-1 {last_eval['accuracy']:.4f} "
+                    f"loss {last_eval['loss']:.4f}"
+                )
+            if step % config.checkpoint.every_steps == 0:
+                save()
+                tick = time.perf_counter()  # keep checkpoint time out of images/s
+        save()  # at the end, or on SIGTERM
+    manager.wait_until_finished()
+
+    # ----- End of run: final weights, plot, summary -----------------------------------------
+    summary = {
+        "step": step,
+        "total_steps": total_steps,
+        "epochs": step / steps_per_epoch,
+        "stopped_by_sigterm": step < total_steps,
+        "learning_rate_drops": plateau.drops,
+        "final_learning_rate": lr_at(max(step - 1, 0)),
+        "eval": last_eval,
+        "images_per_s": images_per_s,
+        "wall_s": time.perf_counter() - started,
+        "workdir": os.path.abspath(workdir),
+    }
+    if step >= total_steps and jax.process_index() == 0:
+        export = os.path.join(workdir, "model")
+        shutil.rmtree(export, ignore_errors=True)
+        checkpoint.save_model(
+            export, jax.device_get(model_variables(state)), {**identity, "step": step}
+        )
+        if os.path.exists(writer.path):
+            metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    writer.close()
+    return summary
+
+
+def start_from(
+    variables: dict[str, Any], target_config: str, path: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`variables` with layers copied from the vgg-flax checkpoint at `path` (see init.py)."""
+    source_model, source = checkpoint.load(path)
+    mapping = warm_start_layers(source_model.config, target_config)
+    mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
+    log.info("initialising %s from %s (%s)", sorted(mapping.values()), path, source_model.config)
+    return copy_layers(variables, source, mapping)
+
+
+def _evaluate(eval_step: Any, state: Any, batches: Iterator[Mapping[str, Any]]) -> dict[str, float]:
+    """Top-1/top-5 accuracy and mean loss over every (unmasked) example of `batches`."""
+    sums: dict[str, float] = {}
+    for batch in batches:
+        out = jax.device_get(eval_step(state, batch))
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
+    count = max(sums.get("count", 0.0), 1.0)
+    return {
+        "accuracy": sums.get("correct", 0.0) / count,
+        "top5": sums.get("correct_top5", 0.0) / count,
+        "loss": sums.get("loss", 0.0) / count,
+        "examples": sums.get("count", 0.0),
+    }
