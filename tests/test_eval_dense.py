@@ -4,6 +4,7 @@ Random weights with He scaling and random biases keep activations of order one t
 net, and non-zero biases and BatchNorm shifts make padded positions non-zero unless masked.
 """
 
+import functools
 import math
 
 import jax
@@ -40,34 +41,35 @@ def net():
 
 def test_padded_masked_batch_equals_each_image_alone(net):
     model, variables = net
+    dense = jax.jit(functools.partial(model.apply, mode="dense"))
     rng = np.random.default_rng(1)
     sizes = [(224, 512), (512, 224), *(tuple(int(s) for s in rng.integers(224, 513, 2)),)]
     images = [rng.standard_normal((h, w, 3), np.float32) for h, w in sizes]
-    alone = np.concatenate([model.apply(variables, im[None], mode="dense") for im in images])
+    alone = np.concatenate([dense(variables, im[None]) for im in images])
     assert np.abs(alone).max() > 1.0  # meaningful scores, not a vanishing signal
 
     padded = np.zeros((len(images), 512, 512, 3), np.float32)
     for row, image in enumerate(images):
         padded[row, : image.shape[0], : image.shape[1]] = image
-    valid_hw = jnp.asarray(sizes, jnp.int32)
-    masked = np.asarray(model.apply(variables, padded, mode="dense", valid_hw=valid_hw))
+    masked = np.asarray(dense(variables, padded, valid_hw=jnp.asarray(sizes, jnp.int32)))
     tolerance = 1e-5 * np.abs(alone).max()
     np.testing.assert_allclose(masked, alone, rtol=0, atol=tolerance)
-    # Without the mask the padding leaks into the scores: the test can fail.
-    unmasked = np.asarray(model.apply(variables, padded, mode="dense"))
+    # Claiming the whole padded image as valid lets the padding leak in: the test can fail.
+    unmasked = np.asarray(dense(variables, padded, valid_hw=jnp.full((3, 2), 512, jnp.int32)))
     assert np.abs(unmasked - alone).max() > 100 * tolerance
 
-    # The batched protocol path: posteriors equal the soft-max of each image's own scores.
+    # The batched protocol path (one padded shape): the soft-max of each image's own scores.
     scorer = Scorer(model, variables)
-    got = evaluate_arrays([scorer], [{0: im} for im in images], "dense", flips=False, batch_size=2)
-    np.testing.assert_allclose(got, jax.nn.softmax(alone, axis=-1), rtol=1e-4, atol=1e-7)
-    assert scorer._posteriors._cache_size() == len(scorer.shapes)
+    examples = [{0: im} for im in images]
+    got = evaluate_arrays([scorer], examples, "dense", flips=False, batch_size=3, align=512)
+    np.testing.assert_allclose(got, jax.nn.softmax(alone, axis=-1), rtol=1e-4, atol=1e-5)
+    assert scorer._posteriors._cache_size() == len(scorer.shapes) == 1
 
 
 def test_dense_at_224_without_flips_is_softmax_of_classifier_logits(net):
     model, variables = net
     image = np.random.default_rng(2).standard_normal((224, 224, 3), np.float32)
-    logits = model.apply(variables, image[None])  # torchvision-style classifier
+    logits = jax.jit(model.apply)(variables, image[None])  # torchvision-style classifier
     got = evaluate_arrays([Scorer(model, variables)], [{224: image}], "dense", flips=False)
     np.testing.assert_allclose(got, jax.nn.softmax(logits, axis=-1), rtol=1e-4, atol=1e-5)
 
