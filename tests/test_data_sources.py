@@ -6,6 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from vgg_flax import cli, data, parallel
@@ -66,8 +67,6 @@ def imagenet(tmp_path_factory):
 
 
 def test_imagenet2012_from_the_ilsvrc_tars(imagenet):
-    import tensorflow_datasets as tfds
-
     names = tfds.builder("imagenet2012", data_dir=imagenet.data_dir).info.features["label"].names
     wanted = {names.index(w) for w in VAL_CLASSES}
 
@@ -140,3 +139,47 @@ def test_corrupt_images_are_skipped_and_counted_on_request(folder):
     for _ in range(8):  # two epochs of eight good images
         assert next(it)["image"].shape == (2, 24, 24, 3)
     assert it.skipped >= 2 and it.get_state()["skipped"] == [it.skipped]
+
+
+class TinyColours(tfds.core.GeneratorBasedBuilder):
+    """A registered TFDS dataset: PNG images, no file-name feature, label = the lit channel."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "picture": tfds.features.Image(),
+                    "colour": tfds.features.ClassLabel(num_classes=3),
+                }
+            ),
+            supervised_keys=("picture", "colour"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(9), "test": self._generate_examples(5)}
+
+    def _generate_examples(self, n):
+        for i in range(n):
+            image = np.zeros((20 + i, 30, 3), np.uint8)
+            image[..., i % 3] = 200  # the label is the lit channel
+            yield i, {"picture": image, "colour": i % 3}
+
+
+def test_any_tfds_dataset_by_name(tmp_path):
+    """A TFDS builder registered by name (PNG images, no file-name feature) reads like any other."""
+    tfds.builder("tiny_colours", data_dir=str(tmp_path)).download_and_prepare()
+    cfg = {"source": "tiny_colours", "data_dir": str(tmp_path), "eval_split": "test",
+           "scale": 16, "crop_size": 16, "eval_scale": 16, "normalize": "caffe",
+           "flip": False, "pca_lighting": 0.0}  # fmt: skip
+    it = data.train_iterator(cfg, global_batch_size=3, seed=0, mesh=parallel.make_mesh())
+    assert it.num_classes == 3 and it.num_examples == 9
+    for _ in range(3):
+        batch = next(it)
+        bgr = np.asarray(batch["image"]).mean(axis=(1, 2))  # caffe: BGR minus the mean pixel
+        lit = 2 - np.argmax(bgr, axis=1)
+        np.testing.assert_array_equal(lit, np.asarray(batch["label"]))
+    examples = list(data.eval_images(cfg, scale_q=16))
+    assert len(examples) == 5 and len({ex["key"] for ex in examples}) == 5
