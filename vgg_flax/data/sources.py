@@ -164,6 +164,10 @@ def _builder_source(name: str, builder: Any, *, slicing: bool) -> Source:
 
 def make_source(source: str, **options: Any) -> Source:
     """The source named `source`: "digits", "folder", or a TFDS name (e.g. "imagenet2012")."""
+    options = {
+        k: os.path.expanduser(v) if k in ("folder", "data_dir", "manual_dir") and v else v
+        for k, v in options.items()
+    }
     if source == "digits":
         return digits_source(options.get("image_size") or 32)
     if source == "folder":
