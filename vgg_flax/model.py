@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from vgg_flax import configs
 from vgg_flax.initializers import INITS, kernel_init
+from vgg_flax.kernels import Conv, max_pool_2x2
 from vgg_flax.layers import BatchNorm, adaptive_avg_pool, local_response_norm
 
 MODES = ("classify", "dense", "dense_map")
@@ -49,12 +50,12 @@ class VGG(nn.Module):
     param_dtype: Any = jnp.float32
     precision: Any = None
 
-    def _conv(self, name: str, features: int, kernel: int, head: bool) -> nn.Conv:
-        pad = "VALID" if head else ((kernel // 2,) * 2,) * 2
-        return nn.Conv(
+    def _conv(self, name: str, features: int, kernel: int, head: bool) -> Conv:
+        # kernels.Conv: nn.Conv's variables, computed as matrix products where XLA:CPU is faster.
+        return Conv(
             features,
-            (kernel, kernel),
-            padding=pad,
+            kernel,
+            padding=0 if head else kernel // 2,
             kernel_init=kernel_init(self.weight_init, head=head, std=self.init_std),
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
@@ -102,7 +103,7 @@ class VGG(nn.Module):
                 x = nn.relu(x)
                 name = f"relu{suffix}"
             elif layer.kind == "pool":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
                 name = layer.name
             else:
                 x = local_response_norm(x)

@@ -1,0 +1,424 @@
+"""vgg-flax beside torchvision on this machine's CPU: forward pass and training step.
+
+Both sides run in one process, alternating round by round after a warm-up; compilation (JAX) and
+the first call (PyTorch) are timed separately. Each measured call ends when its result is ready.
+Printed: median seconds per call of each side, the ratio vgg-flax / torchvision (<= 1 means
+vgg-flax is at least as fast), the range of the per-round ratios, and, when asked, the peak
+resident memory of each side, each measured in a fresh child process of its own.
+
+    .venv/bin/python benchmarks/models.py                       # vgg16, float32, batch 8, 224
+    .venv/bin/python benchmarks/models.py --arch vgg11 vgg16_bn --dtype bfloat16 --memory
+    .venv/bin/python benchmarks/models.py --memory --markdown BENCHMARKS.md --label fp32
+
+`--variant` switches off this package's optimisations (benchmarks/BENCHMARKS.md explains them),
+to measure what each one is worth in the same run as PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TASKS = ("forward", "train")
+DTYPES = ("float32", "bfloat16")
+VARIANTS = ("optimised", "plain", "plain-dw", "plain-head", "plain-pool", "no-donate")
+ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
+MARK = "<!-- benchmark:{} -->"
+END = "<!-- /benchmark:{} -->"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (also used by the memory child processes)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", nargs="+", default=["vgg16"], choices=[*ARCHS, "all"])
+    p.add_argument("--task", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per side per round")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
+    p.add_argument("--variant", default="optimised", choices=VARIANTS)
+    p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX loads")
+    p.add_argument("--memory", action="store_true", help="also measure peak RSS per side")
+    p.add_argument("--json", metavar="PATH", help="write every result as JSON ('-': stdout)")
+    p.add_argument("--markdown", metavar="PATH", help="rewrite this run's block in PATH")
+    p.add_argument("--label", default=None, help="name of the markdown block (default: dtype)")
+    p.add_argument("--note", default="", help="one line printed above the markdown table")
+    p.add_argument("--child", nargs=3, metavar=("SIDE", "TASK", "ARCH"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if "all" in args.arch:
+        args.arch = list(ARCHS)
+    for name in ("batch", "size", "rounds", "reps", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.size < 32:
+        p.error(f"--size must be at least 32 (VGG pools five times), got {args.size}")
+    return args
+
+
+def setup_xla(args: argparse.Namespace) -> None:
+    """Set XLA_FLAGS before JAX is imported (it reads them once)."""
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+
+def torch_side(arch: str, task: str, args: argparse.Namespace) -> Callable[[], Any]:
+    """A no-argument callable running one torchvision forward pass or SGD step."""
+    import torch
+    import torchvision
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None)
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    labels = torch.randint(0, 1000, (args.batch,))
+    autocast = args.dtype == "bfloat16"
+
+    if task == "forward":
+        model.eval()
+
+        def forward():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                return model(images)
+
+        return forward
+
+    model.train()
+    opt = torch.optim.SGD(
+        model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def apply_variant(variant: str) -> None:
+    """Switch off some of vgg-flax's optimisations by swapping in the plain XLA operations."""
+    import flax.linen as nn
+
+    from vgg_flax import kernels, model
+
+    plain = variant == "plain"
+    if plain or variant == "plain-dw":  # kernel gradients as autodiff's convolution
+        kernels._windowed_conv = kernels._plain_conv
+    if plain or variant == "plain-head":  # fc6/fc7/fc8 (and 1x1 convs) as convolutions
+        kernels.conv2d = lambda x, k, padding, precision=None: kernels._windowed_conv(
+            x, k, padding, precision
+        )
+    if plain or variant == "plain-pool":  # reduce_window max pooling, select-and-scatter grad
+        model.max_pool_2x2 = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[], Any], float]:
+    """(callable running one vgg-flax forward pass or SGD step, seconds spent compiling)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from vgg_flax.model import create_model
+
+    apply_variant(args.variant)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = create_model(arch, dtype=dtype)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3), np.float32))
+    labels = jnp.asarray(rng.integers(0, 1000, args.batch), jnp.int32)
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
+    start = time.perf_counter()
+
+    if task == "forward":
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        compiled = forward.lower(variables, images).compile()
+        return (lambda: compiled(variables, images)), time.perf_counter() - start
+
+    tx = optax.chain(
+        optax.add_decayed_weights(WEIGHT_DECAY),
+        optax.sgd(LEARNING_RATE, momentum=MOMENTUM),
+    )
+    state = {"variables": variables, "opt": tx.init(variables["params"])}
+
+    def train_step(state, images, labels, key):
+        variables = state["variables"]
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {**variables, "params": params},
+                images,
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), labels
+            )
+            return loss.mean(), updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        deltas, opt = tx.update(grads, state["opt"], variables["params"])
+        params = optax.apply_updates(variables["params"], deltas)
+        return {"variables": {**variables, **updates, "params": params}, "opt": opt}, loss
+
+    donate = () if args.variant in ("plain", "no-donate") else (0,)
+    jitted = jax.jit(train_step, donate_argnums=donate)
+    key = jax.random.key(1)
+    compiled = jitted.lower(state, images, labels, key).compile()
+    seconds = time.perf_counter() - start
+    box = [state]
+
+    def step():
+        box[0], loss = compiled(box[0], images, labels, key)
+        return loss
+
+    return step, seconds
+
+
+def ready(value: Any) -> None:
+    """Wait until a JAX or PyTorch result is computed (PyTorch eager already is)."""
+    if hasattr(value, "block_until_ready"):
+        value.block_until_ready()
+    elif isinstance(value, dict | tuple | list):
+        import jax
+
+        jax.block_until_ready(value)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of fn takes until its result is ready."""
+    start = time.perf_counter()
+    ready(fn())
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def compare(arch: str, task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Time both sides alternately; medians, ratio and per-round ratio range."""
+    torch_fn = torch_side(arch, task, args)
+    torch_first = timed(torch_fn)
+    jax_fn, compile_s = jax_side(arch, task, args)
+    jax_first = timed(jax_fn)
+    times: dict[str, list[float]] = {"jax": [], "torch": []}
+    round_ratios = []
+    for r in range(args.rounds):
+        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+        this_round = {}
+        for side in order:
+            fn = jax_fn if side == "jax" else torch_fn
+            this_round[side] = [timed(fn) for _ in range(args.reps)]
+            times[side] += this_round[side]
+        round_ratios.append(
+            statistics.median(this_round["jax"]) / statistics.median(this_round["torch"])
+        )
+    jax_s, torch_s = statistics.median(times["jax"]), statistics.median(times["torch"])
+    return {
+        "arch": arch,
+        "task": task,
+        "jax_s": jax_s,
+        "torch_s": torch_s,
+        "ratio": jax_s / torch_s,
+        "round_ratio_min": min(round_ratios),
+        "round_ratio_max": max(round_ratios),
+        "jax_compile_s": compile_s,
+        "jax_first_call_s": jax_first,
+        "torch_first_call_s": torch_first,
+        "jax_images_per_s": args.batch / jax_s,
+        "torch_images_per_s": args.batch / torch_s,
+        "times": times,
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Memory child: build one side, run warm-up plus two calls, then exit (parent reads RSS)."""
+    side, task, arch = args.child
+    if side == "torch":
+        fn = torch_side(arch, task, args)
+    else:
+        fn = jax_side(arch, task, args)[0]
+    for _ in range(3):
+        ready(fn())
+
+
+def peak_memory(side: str, task: str, arch: str, argv: list[str]) -> int:
+    """Peak resident set size in bytes of a fresh process running `side`'s task.
+
+    The child is reaped with os.wait4, whose rusage covers that one child alone.
+    """
+    cmd = [sys.executable, __file__, *argv, "--child", side, task, arch]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {side} {task} {arch} failed:\n{err.decode()[-2000:]}")
+    return usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The options a memory child needs to rebuild the same setting."""
+    argv = ["--batch", str(args.batch), "--size", str(args.size), "--dtype", args.dtype]
+    argv += ["--threads", str(args.threads), "--variant", args.variant]
+    if args.xla_flags:
+        argv += ["--xla-flags", args.xla_flags]
+    return argv
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import jax
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "jax_backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of the results."""
+    head = (
+        "| arch | task | vgg-flax s | torchvision s | ratio | round ratios | compile s "
+        "| vgg-flax peak GB | torchvision peak GB | memory ratio |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        mem = ["-", "-", "-"]
+        if "jax_peak_bytes" in r:
+            mem = [
+                f"{r['jax_peak_bytes'] / 1e9:.2f}",
+                f"{r['torch_peak_bytes'] / 1e9:.2f}",
+                f"{r['jax_peak_bytes'] / r['torch_peak_bytes']:.2f}",
+            ]
+        rows.append(
+            f"| {r['arch']} | {r['task']} | {r['jax_s']:.3f} | {r['torch_s']:.3f} "
+            f"| **{r['ratio']:.2f}** | {r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f} "
+            f"| {r['jax_compile_s']:.1f} | {' | '.join(mem)} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def write_markdown(path: Path, label: str, report: dict[str, Any]) -> None:
+    """Replace (or append) this label's block in the markdown file; other text is kept."""
+    m, a = report["machine"], report["settings"]
+    block = "\n".join(
+        [
+            MARK.format(label),
+            f"### {label}",
+            "",
+            *([report["note"], ""] if report["note"] else []),
+            f"`{report['command']}`",
+            "",
+            f"{m['date_utc']} UTC on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+            f"jax {m['jax']}, torch {m['torch']}; batch {a['batch']}, {a['size']}x{a['size']}, "
+            f"{a['dtype']}, variant `{a['variant']}`, {a['rounds']} rounds x {a['reps']} calls "
+            f"per side, torch threads {a['threads']}"
+            + (f", XLA_FLAGS `{m['xla_flags']}`" if m["xla_flags"] else "")
+            + ".",
+            "",
+            table(report["results"]),
+            END.format(label),
+        ]
+    )
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = text.find(MARK.format(label)), text.find(END.format(label))
+    if start >= 0 and end >= 0:
+        text = text[:start] + block + text[end + len(END.format(label)) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison and print (and optionally save) the results."""
+    args = parse_args(argv)
+    setup_xla(args)
+    import torch  # noqa: F401  # before anything that may load TensorFlow (ENVIRONMENT.md)
+
+    if args.child:
+        child_main(args)
+        return
+    results = []
+    for arch in args.arch:
+        for task in args.task:
+            result = compare(arch, task, args)
+            if args.memory:
+                for side in ("jax", "torch"):
+                    peak = peak_memory(side, task, arch, child_argv(args))
+                    result[f"{side}_peak_bytes"] = peak
+            results.append(result)
+            mem = ""
+            if args.memory:
+                mem = (
+                    f"  peak {result['jax_peak_bytes'] / 1e9:.2f} GB vs "
+                    f"{result['torch_peak_bytes'] / 1e9:.2f} GB"
+                )
+            print(
+                f"{arch:9s} {task:7s} vgg-flax {result['jax_s']:.3f} s  torchvision "
+                f"{result['torch_s']:.3f} s  ratio {result['ratio']:.2f} "
+                f"(rounds {result['round_ratio_min']:.2f}-{result['round_ratio_max']:.2f})  "
+                f"compile {result['jax_compile_s']:.1f} s{mem}",
+                flush=True,
+            )
+    command = "python benchmarks/models.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "command": command.strip(),
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "json")},
+        "note": args.note,
+        "results": results,
+    }
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        write_markdown(Path(args.markdown), args.label or args.dtype, report)
+
+
+if __name__ == "__main__":
+    main()
