@@ -78,3 +78,16 @@ def test_valid_hw_is_refused_in_classify_mode(net):
     model, variables = net
     with pytest.raises(ValueError, match="valid_hw needs mode"):
         model.apply(variables, jnp.zeros((1, 224, 224, 3)), valid_hw=jnp.full((1, 2), 224))
+
+
+def test_dense_map_keeps_valid_positions_and_zeroes_the_rest(net):
+    model, variables = net
+    dense_map = jax.jit(functools.partial(model.apply, mode="dense_map"))
+    image = np.random.default_rng(3).standard_normal((230, 290, 3), np.float32)
+    alone = np.asarray(dense_map(variables, image[None]))  # (1, 1, 3, classes): 230//32-6 = 1
+    padded = np.zeros((1, 288, 320, 3), np.float32)
+    padded[0, :230, :290] = image
+    got = np.asarray(dense_map(variables, padded, valid_hw=jnp.array([[230, 290]])))
+    assert alone.shape[1:3] == (1, 3) and got.shape[1:3] == (3, 4)
+    np.testing.assert_allclose(got[:, :1, :3], alone, rtol=0, atol=1e-5 * np.abs(alone).max())
+    assert not got[:, 1:].any() and not got[:, :, 3:].any()
