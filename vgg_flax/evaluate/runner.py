@@ -64,7 +64,8 @@ def dataset_examples(
     """((index, label, source key), {Q: image}) per test image, one pass over the split per Q.
 
     "center" reads torchvision's Resize(Q) + CenterCrop(224) images (one scale); the other
-    protocols read whole images with their smaller side Q.
+    protocols read whole images with their smaller side Q. Every process reads the whole split
+    (host 0 of 1), so the errors are never those of one host's slice.
     """
     from vgg_flax import data
 
@@ -73,11 +74,18 @@ def dataset_examples(
             raise ValueError(f"'center' takes one scale (the resize, 256), got {list(scales)}")
         streams = [
             data.eval_images(
-                data_config, scale_q=scales[0], center_crop=configs.CROP_SIZE, split=split
+                data_config,
+                scale_q=scales[0],
+                center_crop=configs.CROP_SIZE,
+                split=split,
+                host=0,
+                hosts=1,
             )
         ]
     else:
-        streams = [data.eval_images(data_config, scale_q=q, split=split) for q in scales]
+        streams = [
+            data.eval_images(data_config, scale_q=q, split=split, host=0, hosts=1) for q in scales
+        ]
     for index, per_scale in enumerate(zip(*streams, strict=True)):
         if len({ex["key"] for ex in per_scale}) != 1:
             raise ValueError(f"the scales' image streams disagree at example {index}")
