@@ -1,0 +1,82 @@
+"""vgg-flax computes torchvision's function: all eight archs, every layer, gradients, train-mode BN.
+
+torchvision's modules get seeded random weights with non-trivial biases and BatchNorm statistics
+(`parity.randomize`). Activations and logits: max|diff| <= 1e-5 * max|torch value|, per layer.
+Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter,
+computed in float64 on both sides (in float32, max-pool near-ties route gradients differently on
+the two sides; see `vgg_flax.parity.compare`).
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vgg_flax import configs
+from vgg_flax.cli import main
+from vgg_flax.parity import compare, torch_model
+
+ACTIVATION_TOL = 1e-5
+GRADIENT_TOL = 1e-4
+SIZES = [(224, 224), (256, 320)]  # 256x320: pool5 is 8x10, so the adaptive pool resamples
+
+
+@functools.lru_cache(maxsize=2)  # tests run arch by arch: each net is built once
+def _net(arch):
+    return torch_model(arch, seed=0)
+
+
+def _inputs(batch, height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, height, width, generator=generator).numpy()
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+def test_gradients_match_torchvision(arch):
+    report = compare(arch, _net(arch), _inputs(2, 64, 64, seed=1), grad=True, seed=1)
+    net_params = [key for key, _ in _net(arch).named_parameters()]
+    assert [d.name for d in report.gradients] == net_params
+    bad = [d for d in report.gradients if d.max_rel > GRADIENT_TOL]
+    assert not bad, bad
+
+
+def test_train_mode_batchnorm_matches_torchvision():
+    net = _net("vgg11_bn")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = compare("vgg11_bn", net, _inputs(2, 64, 96, seed=2), train_bn=True)
+    assert len(report.running_stats) == 2 * 8  # mean and var of each of the 8 BatchNorms
+    for kind in ("activations", "running_stats"):
+        worst = report.worst(kind)
+        assert worst.max_rel <= ACTIVATION_TOL * 10, worst  # batch statistics: 1e-4
+    for key, value in net.state_dict().items():  # compare() restores the torch net's stats
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("arch", list(configs.TORCHVISION_ARCHS))
+def test_every_layer_matches_torchvision(arch, size):
+    report = compare(arch, _net(arch), _inputs(1, *size))
+    names = [d.name for d in report.activations]
+    config, batch_norm = configs.TORCHVISION_ARCHS[arch]
+    expected = [n for n in configs.activation_names(config, batch_norm) if n != "fc8"]
+    assert names == expected  # every conv, bn, relu, pool, fc6, relu6, fc7, relu7 and logits
+    bad = [d for d in report.activations if d.max_rel > ACTIVATION_TOL]
+    assert not bad, bad
+    assert report.top1_agreement == 1.0
+
+
+def test_parity_cli_with_images(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (300, 260)), ("b.jpg", (240, 320))):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["parity", "vgg11", "--images", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs (2, 3, 224, 224)" in out
+    for row in ("conv5_2", "pool5", "fc6", "fc7", "logits"):
+        assert f"\n{row} " in out, row
+    assert "top-1 agreement: 100.0%" in out
+    assert main(["parity", "vgg11", "--images", str(tmp_path / "missing")]) == 2
