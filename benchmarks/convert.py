@@ -86,7 +86,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = write_checkpoint(args.arch, folder, args.legacy)
         size_mb = os.path.getsize(path) / 2**20
-        with open(path, "rb") as file:  # warm the page cache for every side alike
+        with open(path, "rb") as file:  # flush the write, warm the page cache for every side
+            os.fsync(file.fileno())
             while file.read(1 << 24):
                 pass
         runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}

@@ -16,6 +16,7 @@ from PIL import Image
 
 from vgg_flax import configs
 from vgg_flax.cli import main
+from vgg_flax.convert import torchvision_entries
 from vgg_flax.parity import compare, torch_model
 
 ACTIVATION_TOL = 1e-5
@@ -67,13 +68,20 @@ def test_every_layer_matches_torchvision(arch, size):
     assert report.top1_agreement == 1.0
 
 
-def test_parity_cli_with_images(tmp_path, capsys):
+def test_parity_cli_with_images_and_weights_file(tmp_path, capsys):
+    # A vgg11 state dict whose tensors are stride-0 expansions of random rows: a small file.
+    torch.manual_seed(0)
+    state = {e.key: torch.randn(e.shape[-1]).expand(e.shape) for e in torchvision_entries("vgg11")}
+    torch.save(state, tmp_path / "vgg11.pth")
     rng = np.random.default_rng(0)
     for name, size in (("a.png", (300, 260)), ("b.jpg", (240, 320))):
         pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
-    assert main(["parity", "vgg11", "--images", str(tmp_path)]) == 0
+    assert (
+        main(["parity", "vgg11", "--images", str(tmp_path), "--pth", str(tmp_path / "vgg11.pth")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "inputs (2, 3, 224, 224)" in out
     for row in ("conv5_2", "pool5", "fc6", "fc7", "logits"):
