@@ -31,7 +31,7 @@ from typing import Any
 
 TASKS = ("forward", "train")
 DTYPES = ("float32", "bfloat16")
-VARIANTS = ("optimised", "plain", "plain-dw", "plain-head", "plain-pool", "no-donate")
+VARIANTS = ("optimised", "plain", "plain-dw", "plain-head", "plain-pool", "no-donate", "concurrent")
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 MARK = "<!-- benchmark:{} -->"
@@ -140,6 +140,7 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
     import optax
 
     from vgg_flax.model import create_model
+    from vgg_flax.xla_options import compiler_options
 
     apply_variant(args.variant)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -151,7 +152,8 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
     start = time.perf_counter()
 
     if task == "forward":
-        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        options = {} if args.variant in ("plain", "concurrent") else compiler_options()
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
         compiled = forward.lower(variables, images).compile()
         return (lambda: compiled(variables, images)), time.perf_counter() - start
 
@@ -183,7 +185,8 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
         return {"variables": {**variables, **updates, "params": params}, "opt": opt}, loss
 
     donate = () if args.variant in ("plain", "no-donate") else (0,)
-    jitted = jax.jit(train_step, donate_argnums=donate)
+    options = {} if args.variant in ("plain", "concurrent") else compiler_options()
+    jitted = jax.jit(train_step, donate_argnums=donate, compiler_options=options)
     key = jax.random.key(1)
     compiled = jitted.lower(state, images, labels, key).compile()
     seconds = time.perf_counter() - start
@@ -253,7 +256,7 @@ def compare(arch: str, task: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_main(args: argparse.Namespace) -> None:
-    """Memory child: build one side, run warm-up plus two calls, then exit (parent reads RSS)."""
+    """Memory child: build one side, run warm-up plus two calls, print its peak RSS as JSON."""
     side, task, arch = args.child
     if side == "torch":
         fn = torch_side(arch, task, args)
@@ -261,22 +264,28 @@ def child_main(args: argparse.Namespace) -> None:
         fn = jax_side(arch, task, args)[0]
     for _ in range(3):
         ready(fn())
+    print(json.dumps({"peak_bytes": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM).
+
+    Not getrusage: a child's ru_maxrss starts from its parent's RSS at fork (Linux carries it
+    over exec), so a child of this big process would report at least the parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
 
 
 def peak_memory(side: str, task: str, arch: str, argv: list[str]) -> int:
-    """Peak resident set size in bytes of a fresh process running `side`'s task.
-
-    The child is reaped with os.wait4, whose rusage covers that one child alone.
-    """
+    """Peak resident set size in bytes of a fresh process running `side`'s task."""
     cmd = [sys.executable, __file__, *argv, "--child", side, task, arch]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child {side} {task} {arch} failed:\n{err.decode()[-2000:]}")
-    return usage.ru_maxrss * 1024  # Linux reports KiB
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child {side} {task} {arch} failed:\n{done.stderr[-2000:]}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -343,25 +352,26 @@ def table(results: list[dict[str, Any]]) -> str:
 def write_markdown(path: Path, label: str, report: dict[str, Any]) -> None:
     """Replace (or append) this label's block in the markdown file; other text is kept."""
     m, a = report["machine"], report["settings"]
-    block = "\n".join(
-        [
-            MARK.format(label),
-            f"### {label}",
-            "",
-            *([report["note"], ""] if report["note"] else []),
-            f"`{report['command']}`",
-            "",
-            f"{m['date_utc']} UTC on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
-            f"jax {m['jax']}, torch {m['torch']}; batch {a['batch']}, {a['size']}x{a['size']}, "
-            f"{a['dtype']}, variant `{a['variant']}`, {a['rounds']} rounds x {a['reps']} calls "
-            f"per side, torch threads {a['threads']}"
-            + (f", XLA_FLAGS `{m['xla_flags']}`" if m["xla_flags"] else "")
-            + ".",
-            "",
-            table(report["results"]),
-            END.format(label),
-        ]
-    )
+    lines = [
+        *([report["note"], ""] if report["note"] else []),
+        f"`{report['command']}`",
+        "",
+        f"{m['date_utc']} UTC on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+        f"jax {m['jax']}, torch {m['torch']}; batch {a['batch']}, {a['size']}x{a['size']}, "
+        f"{a['dtype']}, variant `{a['variant']}`, {a['rounds']} rounds x {a['reps']} calls "
+        f"per side, torch threads {a['threads']}"
+        + (f", XLA_FLAGS `{m['xla_flags']}`" if m["xla_flags"] else "")
+        + ".",
+        "",
+        table(report["results"]),
+    ]
+    replace_block(path, label, lines)
+
+
+def replace_block(path: Path, label: str, lines: list[str]) -> None:
+    """Write `lines` under a "### label" heading in the markdown file, replacing that label's
+    earlier block (or appending one); text outside the blocks is kept. Written atomically."""
+    block = "\n".join([MARK.format(label), f"### {label}", "", *lines, END.format(label)])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = text.find(MARK.format(label)), text.find(END.format(label))
     if start >= 0 and end >= 0:

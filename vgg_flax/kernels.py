@@ -65,13 +65,27 @@ def _windowed_conv_fwd(x, kernel, padding, precision):
 
 def _windowed_conv_bwd(padding, precision, residuals, g):
     x, kernel = residuals
-    # The input gradient is the transposed convolution autodiff would build.
+    # The input gradient is the transposed convolution autodiff builds, on every platform.
     _, pullback = jax.vjp(lambda x_: _plain_conv(x_, kernel, padding, precision), x)
     (dx,) = pullback(g)
+
+    def autodiff_dkernel(x, g):
+        _, pullback = jax.vjp(lambda k: _plain_conv(x, k, padding, precision), kernel)
+        return pullback(g)[0]
+
+    def taps_dkernel(x, g):
+        return _tap_dkernel(x, g, kernel.shape, padding, precision).astype(kernel.dtype)
+
+    # GPUs have fast kernel-gradient convolutions (cuDNN); XLA:CPU's is slow, so CPUs use taps.
+    dkernel = lax.platform_dependent(x, g, cpu=taps_dkernel, default=autodiff_dkernel)
+    return dx, dkernel
+
+
+def _tap_dkernel(x, g, shape, padding, precision):
     # The kernel gradient as autodiff builds it is a convolution whose "window" is the whole
-    # image and whose features are the batch, ~4x slower on XLA:CPU than one matrix product
+    # image and whose features are the batch, up to 4x slower on XLA:CPU than one matrix product
     # per kernel tap: dW[i, j] = sum over (n, h, w) of shifted x (.., cin) times g (.., cout).
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, cin, cout = shape
     n, height, width, _ = g.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     rows = g.reshape(n * height * width, cout)
@@ -85,8 +99,7 @@ def _windowed_conv_bwd(padding, precision, residuals, g):
         for i in range(kh)
         for j in range(kw)
     ]
-    dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-    return dx, dkernel
+    return jnp.stack(taps).reshape(shape)
 
 
 _windowed_conv.defvjp(_windowed_conv_fwd, _windowed_conv_bwd)

@@ -1,0 +1,115 @@
+"""The optimised operations (vgg_flax/kernels.py) compute what the plain ones and PyTorch compute.
+
+References are independent of the code under test: XLA's own convolution and reduce_window with
+autodiff, a float64 NumPy convolution, and real torchvision (forward and every gradient).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torchvision
+from jax import lax
+
+from vgg_flax import kernels
+from vgg_flax.convert import from_torchvision, to_torchvision
+from vgg_flax.model import create_model
+
+
+def _numpy_conv(x: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:
+    """Float64 convolution straight from the definition: a sum over the kernel's taps."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    kh, kw = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out_h, out_w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    out = np.zeros((x.shape[0], out_h, out_w, w.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nhwc,cd->nhwd", xp[:, i : i + out_h, j : j + out_w], w[i, j])
+    return out
+
+
+def _xla_conv(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    pad = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(
+        x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
+
+
+# (input side, kernel, padding): a trunk conv, the classifier's fc6 on a 7x7 map (one matrix
+# product), a 1x1 conv (fc7/fc8, config C), fc6 sliding over a larger map in dense mode.
+CASES = [(9, 3, 1), (7, 7, 0), (6, 1, 0), (10, 7, 0)]
+
+
+@pytest.mark.parametrize(("side", "k", "padding"), CASES)
+def test_conv2d_and_its_gradients_match_plain_convolution(side, k, padding):
+    rng = np.random.default_rng(side + k)
+    x = rng.standard_normal((2, side, side, 5)).astype(np.float32)
+    w = rng.standard_normal((k, k, 5, 6)).astype(np.float32)
+
+    y, pullback = jax.vjp(lambda a, b: kernels.conv2d(a, b, padding), x, w)
+    expected = _numpy_conv(x, w, padding)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw = pullback(g)
+    rx, rw = jax.vjp(lambda a, b: _xla_conv(a, b, padding), x, w)[1](g)
+    for got, want in ((dx, rx), (dw, rw)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 9, 7, 2)])
+def test_max_pool_matches_reduce_window_and_torch_including_ties(shape):
+    rng = np.random.default_rng(0)
+    # Small integers make ties common; the gradient must go to the first maximum only.
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    g = rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
+
+    y, pullback = jax.vjp(kernels.max_pool_2x2, x)
+    ry, ref_pullback = jax.vjp(lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)), x)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(pullback(g)[0], ref_pullback(g)[0])
+
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, 2)
+    yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(y, yt.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(pullback(g)[0], xt.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_model_logits_and_gradients_match_torchvision():
+    """vgg11 with random weights: logits and every parameter's gradient equal torchvision's."""
+    torch.manual_seed(0)
+    net = torchvision.models.vgg11(num_classes=10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.tensor([3, 7])
+    loss = torch.nn.functional.cross_entropy(net(images), labels)
+    loss.backward()
+    logits_t = net(images).detach().numpy()
+    grads_t = {k: p.grad.numpy() for k, p in net.named_parameters()}
+
+    model = create_model("vgg11", num_classes=10)
+    variables = jax.tree.map(jnp.asarray, from_torchvision(net.state_dict(), "vgg11"))
+    x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels.numpy()
+        ).mean(), logits
+
+    (loss_j, logits_j), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    scale = np.abs(logits_t).max()
+    np.testing.assert_allclose(logits_j, logits_t, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(loss_j, loss.item(), rtol=1e-5)
+    grads_j = to_torchvision({"params": grads}, "vgg11")
+    assert grads_j.keys() == grads_t.keys()
+    for key, want in grads_t.items():
+        got = grads_j[key]
+        np.testing.assert_allclose(
+            got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max(), err_msg=key
+        )
