@@ -67,6 +67,14 @@ def test_unwraps_a_state_dict_wrapper(tmp_path):
     np.testing.assert_array_equal(load_pth(path)["w"], np.ones(2, np.float32))
 
 
+def test_reads_parameters(tmp_path):
+    path = tmp_path / "params.pth"
+    linear = torch.nn.Linear(3, 2)
+    torch.save(dict(linear.named_parameters()), path)
+    loaded = load_pth(path)
+    np.testing.assert_array_equal(loaded["weight"], linear.weight.detach().numpy())
+
+
 def test_loads_without_torch(saved):
     script = (
         "import sys, numpy as np\n"
@@ -122,6 +130,13 @@ def test_truncated_file(saved, tmp_path, fraction):
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(PthError, match="truncated|corrupt"):
+        load_pth(path)
+
+
+def test_refuses_a_huge_expansion(tmp_path):
+    path = tmp_path / "expanded.pth"
+    torch.save({"w": torch.zeros(1).expand(2**20, 2**20)}, path)  # 4 TiB if copied
+    with pytest.raises(PthError, match="expands to"):
         load_pth(path)
 
 

@@ -136,7 +136,7 @@ def compare(
     gradient to a different input on each side (both valid), which moves early layers' gradients
     by up to ~1e-2 of their scale although the forward passes agree to 1e-6.
     """
-    variables = from_torchvision(torch_net.state_dict(), arch)
+    variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
     num_classes = variables["params"]["fc8"]["bias"].shape[0]
     with float32_precision():
         theirs, their_stats = _forward_torch(arch, torch_net, images, train_bn)
@@ -184,7 +184,7 @@ def gradient_differences(
         logits = net(torch.from_numpy(images.astype(dtype)))
         torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
         theirs = {key: p.grad.numpy() for key, p in net.named_parameters()}
-        variables = from_torchvision(torch_net.state_dict(), arch, dtype=dtype)
+        variables = from_torchvision(torch_net.state_dict(), arch, head="keep", dtype=dtype)
         model = create_model(
             arch,
             num_classes=variables["params"]["fc8"]["bias"].shape[0],

@@ -41,6 +41,9 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 # torch.serialization's constants for the legacy format.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+# A non-contiguous tensor is copied; a few stored bytes with zero strides could otherwise ask
+# for any amount of memory.
+_MAX_EXPANDED_BYTES = 1 << 33
 
 
 class PthError(ValueError):
@@ -330,6 +333,8 @@ def _array(tensor: _Tensor, raw: np.ndarray, where: str) -> np.ndarray:
     if _is_contiguous(size, stride):
         array = data[offset : offset + numel].reshape(size)  # a view: no copy
     else:
+        if numel * data.itemsize > _MAX_EXPANDED_BYTES:  # stride-0 views can ask for any size
+            raise PthError(f"{where} expands to {numel * data.itemsize} bytes; refusing")
         strides = tuple(s * data.itemsize for s in stride)
         array = np.lib.stride_tricks.as_strided(data[offset:], size, strides, writeable=False)
         array = np.array(array)
