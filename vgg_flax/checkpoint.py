@@ -126,10 +126,11 @@ def save_training(
 
 
 def restore_training(
-    manager: ocp.CheckpointManager, target: Any, identity: Mapping[str, Any]
+    manager: ocp.CheckpointManager, target: Any | None, identity: Mapping[str, Any]
 ) -> tuple[Any, dict[str, Any]] | None:
     """The latest `(state, meta)` in `manager`, shaped and sharded like `target`; None if empty.
 
+    With `target` None the state comes back as saved, in host memory (for inspection).
     Refuses, with ValueError, a checkpoint whose `identity` (arch, batch_norm, num_classes)
     differs from the run's, and one that cannot be read back (corrupt or truncated files).
     """
@@ -148,7 +149,7 @@ def restore_training(
             f"checkpoint {where} belongs to another network ({theirs}), not this run's {ours}; "
             "use a new workdir, or pass the checkpoint as init_from to start from its weights"
         )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))

@@ -8,6 +8,7 @@ deeper net can start from a trained A (section 3.1): the layers of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,13 @@ from vgg_flax import configs
 def init_variables(model: Any, key: jax.Array, image_size: int) -> dict[str, Any]:
     """Fresh variables of `model` for square inputs of `image_size` (params, batch_stats)."""
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return dict(model.init(key, images, train=False))
+    return dict(_jitted_init(model)(key, images))
+
+
+@functools.cache
+def _jitted_init(model: Any) -> Any:
+    # One compiled program (eager init compiles every layer's ops one by one), kept per model.
+    return jax.jit(functools.partial(model.init, train=False))
 
 
 def warm_start_layers(source_config: str, target_config: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ uint32 key data (Orbax saves it like any array).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,23 +19,28 @@ import optax
 from jax.sharding import Mesh
 
 from vgg_flax.parallel import batch_sharding, replicated
-from vgg_flax.train.optim import l2_penalty
+from vgg_flax.train import optim
+from vgg_flax.train.optim import l2_penalty, sgd
 
 State = dict[str, Any]
 
 
 def create_state(
-    variables: dict[str, Any], tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh
+    variables: dict[str, Any], key: jax.Array, mesh: Mesh, *, momentum: float
 ) -> State:
     """The initial training state, every leaf replicated over `mesh`."""
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": variables["params"],
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": tx.init(variables["params"]),
-        "rng": jax.random.key_data(key),
-    }
-    return jax.device_put(state, replicated(mesh))
+    tx = sgd(momentum)
+
+    def build(variables: dict[str, Any], key: jax.Array) -> State:
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": variables["params"],
+            "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(variables["params"]),
+            "rng": jax.random.key_data(key),
+        }
+
+    return jax.jit(build, out_shardings=replicated(mesh))(variables, key)
 
 
 def model_variables(state: State) -> dict[str, Any]:
@@ -45,19 +51,24 @@ def model_variables(state: State) -> dict[str, Any]:
     return variables
 
 
+@functools.cache  # runs of the same net (e.g. several configs in one process) share the compile
 def make_train_step(
     model: Any,
-    tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
+    momentum: float,
     weight_decay: float,
-    l2_mask: Any,
+    l2_mask: str,
 ) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
     """`step(state, batch, learning_rate) -> (state, metrics)`, jitted; donates `state`.
 
-    Loss: mean cross-entropy over the global batch plus the L2 term on the `l2_mask` params.
-    Dropout draws from fold_in(base key, step), so a resumed run draws the same masks.
+    SGD with `momentum`; loss: mean cross-entropy over the global batch plus the L2 term on the
+    parameters `optim.l2_mask(params, l2_mask)` selects.
+    Dropout draws from fold_in(base key, step), so a resumed run draws the same masks. The
+    metric "params_finite" says whether every updated parameter is finite.
     """
+
+    tx = sgd(momentum)
 
     def train_step(state: State, batch: dict[str, jax.Array], lr: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -73,7 +84,7 @@ def make_train_step(
             )
             logits = logits.astype(jnp.float32)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            l2 = l2_penalty(params, l2_mask, weight_decay)
+            l2 = l2_penalty(params, optim.l2_mask(params, l2_mask), weight_decay)
             return ce + l2, (ce, l2, logits, updates.get("batch_stats", {}))
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -92,6 +103,10 @@ def make_train_step(
             "cross_entropy": ce,
             "l2": l2,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            # The loss only sees the old parameters: check the new ones before they are saved.
+            "params_finite": jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+            ),
         }
         return new_state, metrics
 
@@ -104,6 +119,7 @@ def make_train_step(
     )
 
 
+@functools.cache
 def make_eval_step(
     model: Any, mesh: Mesh
 ) -> Callable[[State, dict[str, jax.Array]], dict[str, jax.Array]]:

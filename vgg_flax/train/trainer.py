@@ -111,7 +111,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         init_std=config.init_std,
         dtype=DTYPES[config.dtype],
     )
-    tx = optim.sgd(config.optim.momentum)
     identity = {
         "arch": model.config,
         "batch_norm": model.batch_norm,
@@ -120,14 +119,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     # ----- Initial state: fresh, or weights from a trained net ------------------------------
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    variables = jax.jit(init_variables, static_argnums=(0, 2))(
-        model, init_key, data_config.crop_size
-    )
+    variables = init_variables(model, init_key, data_config.crop_size)
     if config.init_from:
         variables = start_from(variables, model.config, config.init_from, config.init_skip)
-    state = create_state(variables, tx, dropout_key, mesh)
+    state = create_state(variables, dropout_key, mesh, momentum=config.optim.momentum)
     del variables
-    l2_mask = optim.l2_mask(state["params"], config.optim.l2_mask)
 
     # ----- Checkpoints: resume where a previous run stopped --------------------------------
     manager = checkpoint.training_manager(
@@ -149,7 +145,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     # ----- Steps ----------------------------------------------------------------------------
     train_step = make_train_step(
-        model, tx, mesh, weight_decay=config.optim.weight_decay, l2_mask=l2_mask
+        model,
+        mesh,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+        l2_mask=config.optim.l2_mask,
     )
     eval_step = make_eval_step(model, mesh)
 
@@ -188,11 +188,14 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             # catches a diverging run before any checkpoint of it is written.
             step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             step += 1
-            if not math.isfinite(step_metrics["loss"]):
+            params_finite = step_metrics.pop("params_finite") > 0
+            if not (math.isfinite(step_metrics["loss"]) and params_finite):
                 raise NonFiniteLossError(
-                    f"loss is {step_metrics['loss']} at step {step} (learning rate {lr:g}); "
-                    f"the last good checkpoint is step {manager.latest_step()} in "
-                    f"{manager.directory}; lower the learning rate or add warm-up steps"
+                    f"non-finite training at step {step}: loss {step_metrics['loss']}, "
+                    f"parameters {'finite' if params_finite else 'not finite'} "
+                    f"(learning rate {lr:g}); the last good checkpoint is step "
+                    f"{manager.latest_step()} in {manager.directory}; lower the learning rate, "
+                    "add warm-up steps or check the input data"
                 )
             if step % config.log_every_steps == 0 or step == total_steps:
                 now = time.perf_counter()

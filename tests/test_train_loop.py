@@ -1,0 +1,151 @@
+"""The training loop end to end: data-parallel equivalence, resume after SIGKILL, SIGTERM,
+non-finite loss, and what a run leaves behind. Runs use tiny widths (train_tiny) except the
+equivalence test, which uses the full-width VGG-A at 32x32."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import train_tiny
+from train_runner import small_config
+
+from vgg_flax import checkpoint
+from vgg_flax.train import trainer
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+IDENTITY = {"arch": "A", "batch_norm": True, "num_classes": 10}
+
+
+def start(*args: str, slow: float = 0.0, devices: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if slow:
+        env["TRAIN_RUNNER_SLOW"] = str(slow)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "train_runner.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"run ended before {path} appeared: {process.stderr.read()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.2)
+
+
+def final_state(workdir: Path) -> dict:
+    manager = checkpoint.training_manager(workdir / "checkpoints")
+    state, meta = checkpoint.restore_training(manager, None, IDENTITY)
+    return state, meta
+
+
+def test_one_step_on_four_devices_equals_one_device(tmp_path):
+    runs = {n: start("--one-step", str(tmp_path / f"{n}.npz"), devices=n) for n in (1, 4)}
+    for process in runs.values():
+        finish(process)
+    one, four = (np.load(tmp_path / f"{n}.npz") for n in (1, 4))
+    assert int(one["devices"]) == 1 and int(four["devices"]) == 4
+    names = [name for name in one.files if name.startswith("[")]
+    assert len(names) == 2 * 8 + 3 * 2 + 2 * 8  # convs, fc6-8, BatchNorm scale/bias and stats
+    for name in names:
+        scale = np.max(np.abs(one[name]))
+        np.testing.assert_allclose(four[name], one[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+    assert float(four["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
+
+
+def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
+    straight = start(str(tmp_path / "straight"))
+    killed = start(str(tmp_path / "killed"), slow=1.0)
+    stopped = start(str(tmp_path / "stopped"), slow=1.0)
+    wait_for(tmp_path / "killed" / "checkpoints" / "2", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model").exists()  # it really died mid-run
+    wait_for(tmp_path / "stopped" / "checkpoints" / "2", stopped)
+    stopped.send_signal(signal.SIGTERM)
+    resumed = start(str(tmp_path / "killed"))
+    summary = json.loads(finish(stopped).strip().splitlines()[-1])
+    assert summary["stopped_by_sigterm"] and 2 <= summary["step"] < 6
+    assert final_state(tmp_path / "stopped")[1]["step"] == summary["step"]
+    finish(straight)
+    finish(resumed)
+
+    want, want_meta = final_state(tmp_path / "straight")
+    got, got_meta = final_state(tmp_path / "killed")
+    assert want_meta["step"] == got_meta["step"] == 6
+    assert got_meta["data"] == want_meta["data"] and got_meta["plateau"] == want_meta["plateau"]
+    leaves = jax.tree_util.tree_leaves_with_path(want)
+    assert len(leaves) > 20
+    for (path, a), b in zip(leaves, jax.tree.leaves(got), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+
+    # What a finished run leaves behind.
+    run = tmp_path / "straight"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"train", "eval"}
+    assert {"loss", "learning_rate", "images_per_s"} <= set(records[0])
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tb"))
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "summary.json").read_text())["step"] == 6
+    model, variables = checkpoint.load(run / "model")
+    assert model.config == "A" and model.batch_norm
+    np.testing.assert_array_equal(
+        variables["params"]["fc8"]["kernel"], want["params"]["fc8"]["kernel"]
+    )
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    train_tiny.shrink(monkeypatch)
+    from vgg_flax import data
+
+    make = data.train_iterator
+
+    class Poisoned:
+        """The real iterator, with NaN images in its 4th batch."""
+
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __next__(self):
+            batch, self.count = next(self.inner), self.count + 1
+            if self.count == 4:
+                batch = {**batch, "image": batch["image"] * np.nan}
+            return batch
+
+    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: Poisoned(make(*a, **k)))
+    config = small_config({"checkpoint.every_steps": 1})
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 4: loss nan.*is step 3 in"):
+        trainer.train(config, str(tmp_path))
+    state, meta = final_state(tmp_path)
+    assert meta["step"] == 3
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))

@@ -1,0 +1,56 @@
+"""The train step's update is SGD on cross-entropy plus the L2 term, computed independently."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import train_tiny
+
+from vgg_flax.model import create_model
+from vgg_flax.parallel import make_mesh, to_global
+from vgg_flax.train.init import init_variables
+from vgg_flax.train.step import create_state, make_train_step
+
+
+@pytest.mark.parametrize("l2_mask", ["kernels", "all"])
+def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(monkeypatch, l2_mask):
+    train_tiny.shrink(monkeypatch)
+    mesh = make_mesh()
+    model = create_model("A", num_classes=10, dropout_rate=0.0, weight_init="torchvision")
+    variables = init_variables(model, jax.random.key(0), 32)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+    labels = np.array([1, 2, 3, 4], np.int32)
+
+    def cross_entropy(params):
+        logits = model.apply({"params": params}, images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    params = variables["params"]
+    grads = jax.jit(jax.grad(cross_entropy))(params)
+    lr, wd = 0.1, 0.05  # a large decay so a missing or misplaced L2 term shows
+    step = make_train_step(model, mesh, momentum=0.9, weight_decay=wd, l2_mask=l2_mask)
+    state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
+    batch = to_global({"image": images, "label": labels}, mesh)
+    new, metrics = step(state, batch, jnp.float32(lr))
+    for layer, leaves in params.items():
+        for name, w in leaves.items():
+            decayed = l2_mask == "all" or name == "kernel"
+            expected = w - lr * (grads[layer][name] + (wd * w if decayed else 0.0))
+            got = new["params"][layer][name]
+            np.testing.assert_allclose(
+                got, expected, rtol=1e-4, atol=1e-6, err_msg=f"{layer}/{name}"
+            )
+    squares = sum(
+        float(jnp.sum(w**2))
+        for path, w in jax.tree_util.tree_leaves_with_path(params)
+        if l2_mask == "all" or path[-1].key == "kernel"
+    )
+    assert float(metrics["l2"]) == pytest.approx(0.5 * wd * squares, rel=1e-5)
+    assert float(metrics["cross_entropy"]) == pytest.approx(
+        float(jax.jit(cross_entropy)(params)), rel=1e-5
+    )
+    assert int(new["step"]) == 1

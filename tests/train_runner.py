@@ -1,0 +1,113 @@
+"""Subprocess entry for the training tests.
+
+`python train_runner.py WORKDIR [JSON overrides]` trains the digits config with tiny widths
+(train_tiny) and small overrides. With the environment variable TRAIN_RUNNER_SLOW=S set, each
+training batch is delayed S seconds, so a test can stop the run between two checkpoints.
+
+`python train_runner.py --one-step OUT.npz` runs one training step of the full-width VGG-A with
+BatchNorm at 32x32 on a fixed global batch over every device, and saves the updated variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import train_tiny
+
+SMALL = {
+    "batch_size": 8,
+    "eval_batch_size": 40,
+    "eval_batches": 1,
+    "total_steps": 6,
+    "eval_every_steps": 3,
+    "log_every_steps": 1,
+    "checkpoint.every_steps": 2,
+    "optim.warmup_steps": 2,
+}
+
+
+def small_config(overrides: dict | None = None):
+    """The digits config with SMALL and `overrides` ("a.b" keys address nested fields)."""
+    from experiments.configs import digits
+
+    config = digits.get_config()
+    for key, value in {**SMALL, **(overrides or {})}.items():
+        *parents, last = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[last] = value
+    return config
+
+
+def one_step(out: str) -> None:
+    """One data-parallel step from a fixed state and batch; saves the new variables to `out`."""
+    import jax
+    import numpy as np
+
+    from vgg_flax.model import create_model
+    from vgg_flax.parallel import make_mesh, to_global
+    from vgg_flax.train.init import init_variables
+    from vgg_flax.train.step import create_state, make_train_step
+
+    mesh = make_mesh()
+    model = create_model("A", batch_norm=True, num_classes=10, weight_init="torchvision")
+    variables = init_variables(model, jax.random.key(0), 32)
+    state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
+    rng = np.random.default_rng(0)
+    batch = to_global(
+        {
+            "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, size=8).astype(np.int32),
+        },
+        mesh,
+    )
+    step = make_train_step(model, mesh, momentum=0.9, weight_decay=5e-4, l2_mask="kernels")
+    state, metrics = step(state, batch, np.float32(0.01))
+    jax.block_until_ready(state)
+    flat = {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            {"params": state["params"], "batch_stats": state["batch_stats"]}
+        )
+    }
+    # fc6 is 100M numbers: keep a slice of it (still every input position and channel).
+    fc6 = "['params']['fc6']['kernel']"
+    flat[fc6] = flat[fc6][..., :64]
+    np.savez(out, devices=jax.device_count(), loss=float(metrics["loss"]), **flat)
+
+
+def main() -> None:
+    if sys.argv[1] == "--one-step":
+        one_step(sys.argv[2])
+        return
+    train_tiny.shrink_globally()
+    from vgg_flax import data
+    from vgg_flax.train import trainer
+
+    slow = float(os.environ.get("TRAIN_RUNNER_SLOW", "0"))
+    if slow:
+        make = data.train_iterator
+
+        class Slow:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            def __next__(self):
+                time.sleep(slow)
+                return next(self.inner)
+
+        data.train_iterator = lambda *a, **k: Slow(make(*a, **k))
+    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    summary = trainer.train(small_config(overrides), sys.argv[1])
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
