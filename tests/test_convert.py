@@ -131,6 +131,8 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
         assert value.tobytes() == state[key].tobytes(), key
     assert main(["convert", "vgg11_bn", str(pth), str(out)]) == 2  # exists: refused, kept
     assert "already exists" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a vgg-flax checkpoint"):
+        vgg_flax.load(tmp_path)
 
 
 def _leaves(tree, path=()):

@@ -335,8 +335,11 @@ def run(args: argparse.Namespace) -> int:
         grad_dtype=args.grad_dtype,
     )
     print(f"{args.arch}: inputs {tuple(images.shape)} (NCHW), float32")
-    sections = [("activation", report.activations), ("gradient", report.gradients)]
-    sections.append(("running stat", report.running_stats))
+    sections = [
+        ("activation", report.activations),
+        (f"gradient ({args.grad_dtype})", report.gradients),
+        ("running stat", report.running_stats),
+    ]
     worst = 0.0
     for title, rows in sections:
         if rows:
