@@ -110,7 +110,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None):
-        super().__init__(file)
+        super().__init__(file, encoding="utf-8")  # as torch.load: Python 2 pickles' str
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
