@@ -387,11 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run the comparison and print (and optionally save) the results."""
     args = parse_args(argv)
     setup_xla(args)
-    import torch  # noqa: F401  # before anything that may load TensorFlow (ENVIRONMENT.md)
-
-    if args.child:
+    if args.child:  # a JAX child does not load PyTorch, so its memory is JAX's alone
         child_main(args)
         return
+    import torch  # noqa: F401  # before anything that may load TensorFlow (ENVIRONMENT.md)
+
     results = []
     for arch in args.arch:
         for task in args.task:

@@ -17,6 +17,7 @@ from jax import lax
 from vgg_flax import kernels
 from vgg_flax.convert import from_torchvision, to_torchvision
 from vgg_flax.model import create_model
+from vgg_flax.xla_options import compiler_options
 
 
 def _numpy_conv(x: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:
@@ -113,3 +114,12 @@ def test_model_logits_and_gradients_match_torchvision():
         np.testing.assert_allclose(
             got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max(), err_msg=key
         )
+
+
+def test_compiler_options_are_accepted_by_this_backend():
+    options = compiler_options()
+    if jax.default_backend() == "cpu":
+        assert options == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    assert compiler_options("gpu") == {}
+    compiled = jax.jit(lambda x: x * 2, compiler_options=options).lower(jnp.ones(3)).compile()
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
