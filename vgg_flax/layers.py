@@ -74,11 +74,14 @@ class BatchNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        # Statistics in at least float32 (bf16 would lose them), in float64 for float64 parity runs.
+        stats_dtype = jnp.promote_types(jnp.float32, self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
         dtype = self.dtype or x.dtype
+        stats_dtype = jnp.promote_types(stats_dtype, x.dtype)
         if train:
-            stats_x = x.astype(jnp.float32)
+            stats_x = x.astype(stats_dtype)
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(stats_x, axes)
             var = jnp.mean(jnp.square(stats_x - mean), axes)
@@ -89,6 +92,6 @@ class BatchNorm(nn.Module):
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
         else:
             mean, var = ra_mean.value, ra_var.value
-        inv = scale.astype(jnp.float32) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-        shift = bias.astype(jnp.float32) - mean * inv
+        inv = scale.astype(stats_dtype) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
+        shift = bias.astype(stats_dtype) - mean * inv
         return (x * inv.astype(dtype) + shift.astype(dtype)).astype(dtype)
