@@ -14,7 +14,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vgg-flax summary
-	$(VENV)/bin/vgg-flax forward A
+	rm -rf runs/demo  # a fresh run each time (restarting with the same workdir would resume)
+	$(PY) -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,10 +8,12 @@ resumes from DIR's latest checkpoint when restarted with the same DIR.
 from __future__ import annotations
 
 import json
-import logging
+import os
 
-from absl import app, flags
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline only): quiet
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (e.g. digits.py)")
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, plot, final model")
@@ -42,7 +44,7 @@ def summary_lines(summary: dict) -> list[str]:
 def main(argv: list[str]) -> int:
     """Run the trainer on the parsed config and print its summary."""
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from vgg_flax.train.trainer import train
 
     summary = train(flags.FLAGS.config, flags.FLAGS.workdir)

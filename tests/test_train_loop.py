@@ -1,6 +1,6 @@
 """The training loop end to end: data-parallel equivalence, resume after SIGKILL, SIGTERM,
-non-finite loss, and what a run leaves behind. Runs use tiny widths (train_tiny) except the
-equivalence test, which uses the full-width VGG-A at 32x32."""
+non-finite loss, and what a run leaves behind. Runs use tiny widths (train_tiny): the behaviour
+tested does not depend on them, and a full-width VGG-A on 4 simulated devices needs over 8 GB."""
 
 from __future__ import annotations
 
@@ -73,10 +73,19 @@ def test_one_step_on_four_devices_equals_one_device(tmp_path):
     one, four = (np.load(tmp_path / f"{n}.npz") for n in (1, 4))
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
     names = [name for name in one.files if name.startswith("[")]
-    assert len(names) == 2 * 8 + 3 * 2 + 2 * 8  # convs, fc6-8, BatchNorm scale/bias and stats
+    assert len(names) == 2 * 8 + 3 * 2 + 2 * 8 + 2 * 8  # convs, fc6-8, BN scale/bias, BN stats
+    # The parameters (and BatchNorm statistics) agree to a relative error of 1e-5...
+    total = sum(float(np.sum(one[n].astype(np.float64) ** 2)) for n in names)
+    error = sum(float(np.sum((four[n].astype(np.float64) - one[n]) ** 2)) for n in names)
+    assert np.sqrt(error / total) <= 1e-5
     for name in names:
-        scale = np.max(np.abs(one[name]))
-        np.testing.assert_allclose(four[name], one[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=1e-8, err_msg=name)
+        # ...and so do the updates themselves, which are much smaller than the parameters
+        # (a gradient summed instead of averaged over devices would be 4x off). The convs'
+        # biases before BatchNorm have zero gradient up to rounding: hence the absolute floor.
+        update, reference = four["update" + name], one["update" + name]
+        gap = np.linalg.norm(update - reference)
+        assert gap <= 1e-3 * np.linalg.norm(reference) + 1e-7 * np.sqrt(reference.size), name
     assert float(four["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import os
 import shutil
@@ -31,7 +30,6 @@ from vgg_flax.train import optim
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
 
-log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -75,6 +73,28 @@ class _StopOnSigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_config(config: Any) -> None:
+    """Refuse option values the loop cannot use, before any expensive work starts."""
+    choices = {
+        "dtype": (config.dtype, tuple(DTYPES)),
+        "optim.schedule": (config.optim.schedule, optim.SCHEDULES),
+        "optim.l2_mask": (config.optim.l2_mask, optim.L2_MASKS),
+    }
+    for field, (value, known) in choices.items():
+        if value not in known:
+            raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(known)}")
+    for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint.every_steps"):
+        node = config
+        for part in field.split("."):
+            node = node[part]
+        if node < 1:
+            raise ValueError(f"{field} must be at least 1, got {node}")
+    if config.optim.schedule == "plateau" and config.optim.patience < 1:
+        raise ValueError(
+            f"optim.patience must be at least 1 evaluation, got {config.optim.patience}"
+        )
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Train `config` (an ml_collections ConfigDict) in `workdir`; returns the run's summary.
 
@@ -84,6 +104,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     """
     from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
 
+    check_config(config)
     started = time.perf_counter()
     # ----- Set up: hosts, devices, the mesh --------------------------------------------------
     initialize_distributed()
@@ -135,7 +156,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         state, meta = restored
         plateau = optim.Plateau.from_json(meta["plateau"])
         train_iter.set_state(meta["data"])
-        log.info("resumed from step %d", int(state["step"]))
+        _say(f"resumed from step {int(state['step'])} of {manager.directory}")
     step = int(state["step"])
 
     def save() -> None:
@@ -224,9 +245,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                     f"step {step}: eval top-1 {last_eval['accuracy']:.4f} "
                     f"loss {last_eval['loss']:.4f}"
                 )
+                tick, tick_step = time.perf_counter(), step  # evaluation is not training
             if step % config.checkpoint.every_steps == 0:
                 save()
-                tick = time.perf_counter()  # keep checkpoint time out of images/s
+                tick, tick_step = time.perf_counter(), step  # nor is saving
         save()  # at the end, or on SIGTERM
     manager.wait_until_finished()
 
@@ -264,8 +286,13 @@ def start_from(
     source_model, source = checkpoint.load(path)
     mapping = warm_start_layers(source_model.config, target_config)
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
-    log.info("initialising %s from %s (%s)", sorted(mapping.values()), path, source_model.config)
+    _say(f"copied {', '.join(mapping.values())} from the {source_model.config} net at {path}")
     return copy_layers(variables, source, mapping)
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def _evaluate(eval_step: Any, state: Any, batches: Iterator[Mapping[str, Any]]) -> dict[str, float]:
