@@ -130,6 +130,7 @@ def jax_train(dtype: str, args: argparse.Namespace) -> tuple[float, float]:
 
     from vgg_flax.model import create_model
 
+    _check_jax_backend(args)
     model = create_model(ARCH, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3), np.float32))
@@ -167,6 +168,17 @@ def jax_train(dtype: str, args: argparse.Namespace) -> tuple[float, float]:
     return median_step(step, args.warmup, args.steps)
 
 
+def _check_jax_backend(args: argparse.Namespace) -> None:
+    import jax
+
+    if args.device == "cuda" and jax.default_backend() != "gpu":
+        raise SystemExit(
+            f"JAX runs on {jax.default_backend()!r}, not the GPU: install its CUDA plugin "
+            "(pip install 'jax[cuda13]' at the jax version of constraints.txt), or pass "
+            "--device cpu for a smoke test"
+        )
+
+
 def parity(args: argparse.Namespace) -> dict[str, float]:
     """Same torchvision weights on both sides, float32 at highest precision: logit difference."""
     import jax
@@ -175,6 +187,7 @@ def parity(args: argparse.Namespace) -> dict[str, float]:
     from vgg_flax.convert import from_torchvision
     from vgg_flax.model import create_model
 
+    _check_jax_backend(args)
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="timed calls per side per round")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--variant", default="optimised", choices=VARIANTS)
+    p.add_argument(
+        "--step",
+        default="optax",
+        choices=("optax", "project"),
+        help="vgg-flax training step: a plain optax SGD step, or vgg_flax.train.step's",
+    )
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX loads")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS per side")
     p.add_argument("--json", metavar="PATH", help="write every result as JSON ('-': stdout)")
@@ -157,6 +163,8 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
         compiled = forward.lower(variables, images).compile()
         return (lambda: compiled(variables, images)), time.perf_counter() - start
 
+    if args.step == "project":
+        return project_step(model, variables, images, labels, args)
     tx = optax.chain(
         optax.add_decayed_weights(WEIGHT_DECAY),
         optax.sgd(LEARNING_RATE, momentum=MOMENTUM),
@@ -196,6 +204,36 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
         box[0], loss = compiled(box[0], images, labels, key)
         return loss
 
+    step.compiled = compiled  # benchmarks/layer_profile.py reads the optimised HLO
+    return step, seconds
+
+
+def project_step(model, variables, images, labels, args) -> tuple[Callable[[], Any], float]:
+    """vgg-flax's own training step (vgg_flax/train/step.py) on a one-device mesh."""
+    import jax
+    import jax.numpy as jnp
+
+    from vgg_flax.parallel import batch_sharding, make_mesh
+    from vgg_flax.train.step import create_state, make_train_step
+    from vgg_flax.xla_options import compiler_options
+
+    start = time.perf_counter()
+    mesh = make_mesh(jax.devices()[:1])
+    state = create_state(variables, jax.random.key(1), mesh, momentum=MOMENTUM)
+    # L2 on every parameter, as PyTorch's weight_decay does.
+    fn = make_train_step(model, mesh, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, l2_mask="all")
+    batch = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
+    lr = jnp.float32(LEARNING_RATE)
+    options = {} if args.variant in ("plain", "concurrent") else compiler_options()
+    compiled = fn.lower(state, batch, lr).compile(compiler_options=options)
+    seconds = time.perf_counter() - start
+    box = [state]
+
+    def step():
+        box[0], metrics = compiled(box[0], batch, lr)
+        return metrics["loss"]
+
+    step.compiled = compiled
     return step, seconds
 
 
@@ -291,7 +329,7 @@ def peak_memory(side: str, task: str, arch: str, argv: list[str]) -> int:
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The options a memory child needs to rebuild the same setting."""
     argv = ["--batch", str(args.batch), "--size", str(args.size), "--dtype", args.dtype]
-    argv += ["--threads", str(args.threads), "--variant", args.variant]
+    argv += ["--threads", str(args.threads), "--variant", args.variant, "--step", args.step]
     if args.xla_flags:
         argv += ["--xla-flags", args.xla_flags]
     return argv
@@ -358,7 +396,8 @@ def write_markdown(path: Path, label: str, report: dict[str, Any]) -> None:
         "",
         f"{m['date_utc']} UTC on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
         f"jax {m['jax']}, torch {m['torch']}; batch {a['batch']}, {a['size']}x{a['size']}, "
-        f"{a['dtype']}, variant `{a['variant']}`, {a['rounds']} rounds x {a['reps']} calls "
+        f"{a['dtype']}, variant `{a['variant']}`, {a['step']} step, {a['rounds']} rounds x "
+        f"{a['reps']} calls "
         f"per side, torch threads {a['threads']}"
         + (f", XLA_FLAGS `{m['xla_flags']}`" if m["xla_flags"] else "")
         + ".",
