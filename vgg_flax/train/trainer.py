@@ -258,7 +258,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         "total_steps": total_steps,
         "epochs": step / steps_per_epoch,
         "stopped_by_sigterm": step < total_steps,
-        "learning_rate_drops": plateau.drops,
+        "learning_rate_drops": _drops(lr_at(max(step - 1, 0)), config.optim),
         "final_learning_rate": lr_at(max(step - 1, 0)),
         "eval": last_eval,
         "images_per_s": images_per_s,
@@ -288,6 +288,11 @@ def start_from(
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
     _say(f"copied {', '.join(mapping.values())} from the {source_model.config} net at {path}")
     return copy_layers(variables, source, mapping)
+
+
+def _drops(rate: float, optim_config: Any) -> int:
+    """How many times the schedule divided the base rate to reach `rate` (after warm-up)."""
+    return round(math.log(optim_config.learning_rate / rate) / -math.log(optim_config.factor))
 
 
 def _say(message: str) -> None:
