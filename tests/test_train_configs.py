@@ -91,7 +91,7 @@ def test_entry_point_with_overrides(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "steps 1/1" in out.stdout and "eval: top-1 accuracy" in out.stdout
-    with pytest.raises(ValueError, match="unknown schedule"):
+    with pytest.raises(ValueError, match="unknown optim.schedule 'cosine'"):
         config = load("digits", "local")
         config.optim.schedule = "cosine"
         trainer.train(config, str(tmp_path / "bad"))

@@ -71,7 +71,8 @@ def plot(path: str, out: str) -> str:
         return [r["step"] for r in rows], [r[key] for r in rows]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(*series("train", "loss"), label="train loss")
+    axes[0].plot(*series("train", "loss"), label="train loss (with L2 term)")
+    axes[0].plot(*series("train", "cross_entropy"), label="train cross-entropy")
     axes[0].plot(*series("eval", "loss"), "o-", label="eval loss")
     axes[1].plot(*series("train", "accuracy"), label="train accuracy (batch)")
     axes[1].plot(*series("eval", "accuracy"), "o-", label="eval top-1")
