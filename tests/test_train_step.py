@@ -54,3 +54,31 @@ def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(monkeyp
         float(jax.jit(cross_entropy)(params)), rel=1e-5
     )
     assert int(new["step"]) == 1
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(monkeypatch):
+    train_tiny.shrink(monkeypatch)
+    mesh = make_mesh()
+    rng = np.random.default_rng(1)
+    batch = to_global(
+        {
+            "image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
+            "label": np.array([0, 1, 2, 3], np.int32),
+        },
+        mesh,
+    )
+    results = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = create_model("A", batch_norm=True, num_classes=10, dropout_rate=0.0, dtype=dtype)
+        variables = init_variables(model, jax.random.key(0), 32)
+        step = make_train_step(model, mesh, momentum=0.9, weight_decay=5e-4, l2_mask="kernels")
+        state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
+        state, metrics = step(state, batch, jnp.float32(0.01))
+        assert {leaf.dtype for leaf in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
+        assert {leaf.dtype for leaf in jax.tree.leaves(state["opt_state"])} == {
+            jnp.dtype("float32")
+        }
+        results[dtype] = (float(metrics["cross_entropy"]), state["params"]["fc8"]["kernel"])
+    (ce32, fc8_32), (ce16, fc8_16) = results[jnp.float32], results[jnp.bfloat16]
+    assert ce16 == pytest.approx(ce32, rel=2e-2)  # bfloat16 keeps ~3 significant digits
+    np.testing.assert_allclose(fc8_16, fc8_32, atol=1e-3 * float(jnp.max(jnp.abs(fc8_32))))

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -63,14 +64,17 @@ class _StopOnSigterm:
 
     def __enter__(self) -> _StopOnSigterm:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def check_config(config: Any) -> None:
