@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,8 +27,10 @@ ROOT = HERE.parent
 IDENTITY = {"arch": "A", "batch_norm": True, "num_classes": 10}
 
 
-def start(*args: str, slow: float = 0.0, devices: int = 0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start(
+    *args: str, slow: float = 0.0, devices: int = 0, extra_env: dict | None = None
+) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     if slow:
         env["TRAIN_RUNNER_SLOW"] = str(slow)
     if devices:
@@ -158,3 +161,27 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     state, meta = final_state(tmp_path)
     assert meta["step"] == 3
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_two_hosts_on_loopback_train_one_model(tmp_path):
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hosts = [
+        start(
+            str(tmp_path),
+            json.dumps({"total_steps": 4}),
+            extra_env={
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(index),
+            },
+        )
+        for index in range(2)
+    ]
+    summaries = [json.loads(finish(host).strip().splitlines()[-1]) for host in hosts]
+    assert summaries[0]["step"] == summaries[1]["step"] == 4
+    assert summaries[0]["eval"] == summaries[1]["eval"]  # both hosts see the same global result
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    model, variables = checkpoint.load(tmp_path / "model")
+    assert model.config == "A" and variables["params"]["fc8"]["kernel"].shape[-1] == 10

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vgg_flax import checkpoint
@@ -47,6 +48,8 @@ def initialize_distributed() -> None:
     if jax.distributed.is_initialized():
         return
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # Only the CPU backend reads this; it lets CPU-only hosts run collectives across processes.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
@@ -269,12 +272,16 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "workdir": os.path.abspath(workdir),
     }
-    if step >= total_steps and jax.process_index() == 0:
+    if step >= total_steps:
         export = os.path.join(workdir, "model")
-        shutil.rmtree(export, ignore_errors=True)
+        if jax.process_index() == 0:
+            shutil.rmtree(export, ignore_errors=True)
+        if jax.process_count() > 1:  # every host takes part in an Orbax save
+            multihost_utils.sync_global_devices("vgg_flax export")
         checkpoint.save_model(
             export, jax.device_get(model_variables(state)), {**identity, "step": step}
         )
+    if step >= total_steps and jax.process_index() == 0:
         if os.path.exists(writer.path):
             metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
         with open(os.path.join(workdir, "summary.json"), "w") as f:
