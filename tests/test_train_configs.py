@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import train_tiny
 
 from vgg_flax import configs
 from vgg_flax.train import trainer
@@ -30,6 +31,11 @@ TABLE3 = {
     "e_384": ("E", 384, None),
     "e_jitter": ("E", None, (256, 512)),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def full_width():
+    train_tiny.clear_compiled()  # tests run before may have compiled tiny-width nets
 
 
 def load(name: str, mode: str | None = None):

@@ -19,8 +19,21 @@ TINY_CONFIGS = {
 TINY_HEAD_WIDTH = 32
 
 
+def clear_compiled() -> None:
+    """Forget compiled init/train/eval programs, which are cached per model and so per width."""
+    from vgg_flax.train import init, step
+
+    init._jitted_init.cache_clear()
+    step.make_train_step.cache_clear()
+    step.make_eval_step.cache_clear()
+
+
 def shrink(monkeypatch) -> None:
-    """Make every VGG config tiny for the rest of a test (pytest's monkeypatch fixture)."""
+    """Make every VGG config tiny for the rest of a test (pytest's monkeypatch fixture).
+
+    Full-width tests that follow must call `clear_compiled()` first.
+    """
+    clear_compiled()
     for name, layers in TINY_CONFIGS.items():
         monkeypatch.setitem(configs.CONFIGS, name, layers)
     monkeypatch.setattr(configs, "HEAD_WIDTH", TINY_HEAD_WIDTH)
