@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from vgg_flax.parallel import batch_sharding, replicated
 from vgg_flax.train import optim
 from vgg_flax.train.optim import l2_penalty, sgd
+from vgg_flax.xla_options import compiler_options
 
 State = dict[str, Any]
 
@@ -116,6 +117,7 @@ def make_train_step(
         in_shardings=(rep, batch_sharding(mesh), rep),
         out_shardings=(rep, rep),
         donate_argnums=0,
+        compiler_options=compiler_options(),
     )
 
 
@@ -140,4 +142,9 @@ def make_eval_step(
         }
 
     rep = replicated(mesh)
-    return jax.jit(eval_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+    return jax.jit(
+        eval_step,
+        in_shardings=(rep, batch_sharding(mesh)),
+        out_shardings=rep,
+        compiler_options=compiler_options(),
+    )
