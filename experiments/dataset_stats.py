@@ -1,29 +1,32 @@
-"""Mean RGB and PCA colour eigen-pairs of a dataset's training split, for the data options.
+r"""Mean RGB and PCA colour eigen-pairs of a dataset's training split, for the data options.
 
     .venv/bin/python experiments/dataset_stats.py --source digits
-    .venv/bin/python experiments/dataset_stats.py --source imagenet2012 --data_dir ~/tfds \
-        --max_images 50000 --scale 256
+    .venv/bin/python experiments/dataset_stats.py --source imagenet2012 --data-dir ~/tfds \
+        --max-images 50000 --scale 256
 
 Prints JSON whose keys are data options (mean_rgb, pca_eigval, pca_eigvec). For ImageNet the
-paper's numbers are in vgg_flax/configs.py (IMAGENET_MEAN_RGB, IMAGENET_PCA_*).
+paper's numbers are in vgg_flax/preprocessing.py (IMAGENET_MEAN_RGB, IMAGENET_PCA_*).
 """
 
 import argparse
 import json
 
+from vgg_flax.cli import HelpFormatter
 from vgg_flax.data.stats import pixel_stats
 
 
 def main() -> None:
     """Parse flags, compute the statistics, print them as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--source", default="digits", help="digits, folder, or a TFDS name")
-    parser.add_argument("--data_dir", default=None, help="TFDS data_dir")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
     parser.add_argument("--folder", default=None, help="source=folder: folder/<split>/<class>/")
-    parser.add_argument("--image_size", type=int, default=None, help="digits render size")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--max_images", type=int, default=None, help="only the first N images")
-    parser.add_argument("--scale", type=int, default=None, help="rescale smaller side first")
+    parser.add_argument("--image-size", type=int, default=None, help="digits render size")
+    parser.add_argument("--split", default="train", help="the split to measure")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    parser.add_argument(
+        "--scale", type=int, default=None, help="rescale the smaller side to this first"
+    )
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
     options = {"source": args.source, "data_dir": args.data_dir, "folder": args.folder}

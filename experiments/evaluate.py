@@ -1,10 +1,10 @@
-"""Evaluate checkpoints with the paper's test protocols; print top-1/top-5 error, write JSON.
+r"""Evaluate checkpoints with the paper's test protocols; print top-1/top-5 error, write JSON.
 
     python -m experiments.evaluate --checkpoint vgg16-397923af.pth --protocol dense \
         --scales 256 384 512 --dataset imagenet2012 --manual-dir ~/imagenet --output d.json
 
 Several `--checkpoint`s form an ensemble (posteriors averaged). Checkpoints are vgg-flax
-directories or torchvision `.pth` files (arch from the file name, or `--arch`).
+directories or torchvision `.pth` files (arch inferred from the tensors' shapes, or `--arch`).
 """
 
 from __future__ import annotations
@@ -15,34 +15,43 @@ import os
 import sys
 from typing import Any
 
-import torch  # noqa: F401  # torch before TensorFlow (the data module): shared/ENVIRONMENT.md
-import torchvision  # noqa: F401
-
-from vgg_flax import configs
+from vgg_flax import preprocessing
+from vgg_flax.atomic import atomic_write
+from vgg_flax.cli import HelpFormatter
 from vgg_flax.evaluate.protocols import PROTOCOLS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m experiments.evaluate`."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.evaluate", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", nargs="+", required=True, help="dirs or .pth files")
-    parser.add_argument("--arch", help="architecture of .pth files (e.g. vgg16) if not in name")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="dense")
     parser.add_argument(
-        "--scales", nargs="+", type=int, help="test scales Q (default: 256; center: 256)"
+        "--arch", help="architecture of .pth files (e.g. vgg16); none: inferred from the shapes"
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="dense", help="test protocol")
+    parser.add_argument(
+        "--scales",
+        nargs="+",
+        type=int,
+        default=[preprocessing.TORCHVISION_RESIZE],
+        help="test scales Q (center: the resize before the 224 crop)",
     )
     parser.add_argument("--no-flips", action="store_true", help="skip horizontal flips")
     parser.add_argument("--dataset", default="imagenet2012", help="digits, folder or a TFDS name")
-    parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
+    parser.add_argument("--split", default=None, help="none: the dataset's evaluation split")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
     parser.add_argument("--manual-dir", default=None, help="folder with ILSVRC2012 tars")
     parser.add_argument("--folder", default=None, help="dataset=folder: folder/<split>/<class>/")
     parser.add_argument(
         "--normalize",
         choices=("mean_rgb", "torchvision", "caffe"),
-        help="input normalisation (default: torchvision for .pth files, else mean_rgb)",
+        help="input normalisation; none: torchvision for .pth files, else mean_rgb",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="evaluate the first N images (none: all)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
     parser.add_argument(
         "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vgg_flax import data
     from vgg_flax.evaluate import runner
 
-    scales = args.scales or [configs.TORCHVISION_RESIZE]
+    scales = args.scales or [preprocessing.TORCHVISION_RESIZE]
     data_config = data.default_config(**data_options(args))
     scorers = [runner.load_network(path, args.arch) for path in args.checkpoint]
     result = runner.evaluate_dataset(
@@ -94,10 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **result,
     }
     if args.output:
-        tmp = f"{args.output}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(args.output, "w") as f:  # never a half-written result
             json.dump(result, f, indent=2)
-        os.replace(tmp, args.output)  # atomic: never a half-written result
     return result
 
 

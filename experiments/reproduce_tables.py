@@ -1,4 +1,4 @@
-"""The grid of the paper's Tables 3-6 for given checkpoints, in markdown beside the paper's errors.
+r"""The grid of the paper's Tables 3-6 for given checkpoints, in markdown beside the paper's errors.
 
     python -m experiments.reproduce_tables --checkpoint runs/d_256/model@256 \
         --checkpoint runs/d_jitter/model@256-512 --dataset imagenet2012 --manual-dir ~/imagenet \
@@ -9,7 +9,7 @@ jittering; default 256). Per checkpoint three passes are run: dense at Table 3's
 scale, dense and multi-crop at Table 4's test scales. Table 5's "dense+multicrop" averages the last
 two posteriors, and Table 6 averages every checkpoint's dense+multicrop posteriors (an ensemble),
 exactly what those protocols compute, without re-running the nets. The paper's numbers come from
-`vgg_flax.configs.PAPER_RESULTS`.
+`experiments/paper_results.py`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch  # noqa: F401  # torch before TensorFlow (the data module): shared/ENVIRONMENT.md
-import torchvision  # noqa: F401
 
+from experiments import paper_results
 from experiments.evaluate import data_options
-from vgg_flax import configs
+from vgg_flax import arch
+from vgg_flax.atomic import atomic_write
+from vgg_flax.cli import HelpFormatter
 from vgg_flax.evaluate.metrics import TopKCounts
 
 Scale = int | tuple[int, int]
@@ -71,10 +72,10 @@ def errors(posteriors: Posteriors) -> dict[str, float]:
 
 def paper_row(
     table: int, nets: tuple[str, ...], scale: Scale, scales: tuple[int, ...], protocol: str
-) -> configs.PaperResult | None:
+) -> paper_results.PaperResult | None:
     """The paper's row for this setting, if the paper reports one."""
-    for row in configs.PAPER_RESULTS:
-        if (row.table, row.configs, row.train_scale, row.test_scales, row.protocol) == (
+    for row in paper_results.PAPER_RESULTS:
+        if (row.table, row.archs, row.train_scale, row.test_scales, row.protocol) == (
             table,
             nets,
             scale,
@@ -108,18 +109,26 @@ def markdown(rows: list[dict[str, Any]], examples: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m experiments.reproduce_tables`."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.reproduce_tables", description=__doc__
+        prog="python -m experiments.reproduce_tables",
+        description=__doc__,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--checkpoint", action="append", required=True, help="PATH@S, repeated")
-    parser.add_argument("--arch", help="architecture of .pth files if not in their name")
-    parser.add_argument("--dataset", default="imagenet2012")
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--manual-dir", default=None)
-    parser.add_argument("--folder", default=None)
-    parser.add_argument("--normalize", choices=("mean_rgb", "torchvision", "caffe"))
-    parser.add_argument("--limit", type=int, default=None, help="first N images only")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--arch", help="architecture of .pth files (e.g. vgg16); none: inferred from the shapes"
+    )
+    parser.add_argument("--dataset", default="imagenet2012", help="digits, folder or a TFDS name")
+    parser.add_argument("--split", default=None, help="none: the dataset's evaluation split")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    parser.add_argument("--manual-dir", default=None, help="folder with ILSVRC2012 tars")
+    parser.add_argument("--folder", default=None, help="dataset=folder: folder/<split>/<class>/")
+    parser.add_argument(
+        "--normalize",
+        choices=("mean_rgb", "torchvision", "caffe"),
+        help="input normalisation; none: torchvision for .pth files, else mean_rgb",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N images only (none: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
     parser.add_argument("--output", default="tables.md", help="markdown file (JSON beside it)")
     return parser
 
@@ -139,9 +148,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     nets: list[str] = []
     examples = 0
 
-    def add(table, net, configs_, scale, scales, protocol, posteriors):
+    def add(table, net, archs, scale, scales, protocol, posteriors):
         result = errors(posteriors)
-        row = paper_row(table, configs_, scale, tuple(scales), protocol)
+        row = paper_row(table, archs, scale, tuple(scales), protocol)
         rows.append(
             {
                 "table": table,
@@ -157,13 +166,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     for path, scale in specs:
         scorer = runner.load_network(path, args.arch)
-        net = scorer.model.config + ("-BN" if scorer.model.batch_norm else "")
+        net = arch.arch_label(scorer.model.arch) + ("-BN" if scorer.model.batch_norm else "")
         nets.append(net)
         passes = {}
         for name, protocol, scales in (
-            ("single", "dense", configs.single_test_scale(scale)),
-            ("dense", "dense", configs.multi_test_scales(scale)),
-            ("multicrop", "multicrop", configs.multi_test_scales(scale)),
+            ("single", "dense", paper_results.single_test_scale(scale)),
+            ("dense", "dense", paper_results.multi_test_scales(scale)),
+            ("multicrop", "multicrop", paper_results.multi_test_scales(scale)),
         ):
             posteriors: Posteriors = {}
             result = runner.evaluate_dataset(
@@ -179,9 +188,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             examples = result["examples"]
             passes[name] = posteriors
-        multi = configs.multi_test_scales(scale)
+        multi = paper_results.multi_test_scales(scale)
         key = (net,)  # "-BN" nets have no row in the paper
-        add(3, net, key, scale, configs.single_test_scale(scale), "dense", passes["single"])
+        add(3, net, key, scale, paper_results.single_test_scale(scale), "dense", passes["single"])
         add(4, net, key, scale, multi, "dense", passes["dense"])
         both = combine([passes["dense"], passes["multicrop"]])
         for protocol, posteriors in (
@@ -194,24 +203,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         del scorer, passes
     if len(both_runs) > 1:
         scale = specs[0][1] if len({s for _, s in specs}) == 1 else "mixed"
-        scales = configs.multi_test_scales(specs[0][1])
+        scales = paper_results.multi_test_scales(specs[0][1])
         ensemble = combine(both_runs)
         add(6, "+".join(nets), tuple(nets), scale, scales, "dense+multicrop", ensemble)
 
     rows.sort(key=lambda row: row["table"])  # stable: checkpoints keep their order per table
     text = markdown(rows, examples)
-    tmp = f"{args.output}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(args.output, "w") as f:
         f.write(text)
-    os.replace(tmp, args.output)
     serialisable = [
         {**row, "paper": row["paper"] and {"top1": row["paper"].top1, "top5": row["paper"].top5}}
         for row in rows
     ]
     json_path = os.path.splitext(args.output)[0] + ".json"
-    with open(json_path + ".tmp", "w") as f:
+    with atomic_write(json_path, "w") as f:
         json.dump({"examples": examples, "rows": serialisable}, f, indent=2)
-    os.replace(json_path + ".tmp", json_path)
     print(text)
     return rows
 

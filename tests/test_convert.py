@@ -125,7 +125,7 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert main(["convert", "vgg11_bn", str(pth), str(out)]) == 0
     assert "wrote vgg11_bn" in capsys.readouterr().out
     model, variables = vgg_flax.load(out)
-    assert (model.config, model.batch_norm, model.num_classes) == ("A", True, 1000)
+    assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 1000)
     back = vgg_flax.to_torchvision(variables, "vgg11_bn")
     for key, value in back.items():
         assert value.tobytes() == state[key].tobytes(), key

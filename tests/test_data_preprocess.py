@@ -6,7 +6,7 @@ import tensorflow as tf
 from PIL import Image
 from torchvision.transforms._presets import ImageClassification
 
-from vgg_flax import configs, data, parallel
+from vgg_flax import data, parallel, preprocessing
 from vgg_flax.data import preprocess
 from vgg_flax.data.sources import digits_arrays
 
@@ -83,8 +83,8 @@ def test_flips_happen_about_half_the_time():
 
 
 def test_colour_shift_has_the_configured_statistics():
-    std, eigval = 0.1, np.asarray(configs.IMAGENET_PCA_EIGVAL)
-    eigvec = np.asarray(configs.IMAGENET_PCA_EIGVEC)
+    std, eigval = 0.1, np.asarray(preprocessing.IMAGENET_PCA_EIGVAL)
+    eigvec = np.asarray(preprocessing.IMAGENET_PCA_EIGVEC)
     image = tf.zeros((2, 3, 3))
     alphas = []
     for seed in seeds(2000):
@@ -103,7 +103,7 @@ def test_augmentation_off_equals_pil_reference(photos):
     cfg = data.default_config(
         **photos, scale=96, crop_size=80, random_crop=False, flip=False, pca_lighting=0.0
     )
-    mean = np.asarray(configs.IMAGENET_MEAN_RGB)
+    mean = np.asarray(preprocessing.IMAGENET_MEAN_RGB)
     it = data.train_iterator(cfg, global_batch_size=1, seed=0, mesh=parallel.make_mesh())
     checked = 0
     for _ in range(len(SIZES)):
@@ -134,8 +134,8 @@ def test_torchvision_eval_protocol_matches_torchvision(photos):
         with Image.open(ex["key"]) as im:
             want = reference(im.convert("RGB")).permute(1, 2, 0).numpy()
         diff = np.abs(ex["image"] - want)
-        assert diff.max() <= 1 / 255 / min(configs.TORCHVISION_STD) + 1e-5
-        assert diff.mean() < 0.25 / 255 / min(configs.TORCHVISION_STD)
+        assert diff.max() <= 1 / 255 / min(preprocessing.TORCHVISION_STD) + 1e-5
+        assert diff.mean() < 0.25 / 255 / min(preprocessing.TORCHVISION_STD)
         count += 1
     assert count == len(SIZES)
 
@@ -145,7 +145,9 @@ def test_normalisations():
     caffe = preprocess.normalize(pixel, "caffe", ()).numpy()[0, 0]
     np.testing.assert_allclose(caffe, [50 - 103.939, 100 - 116.779, 200 - 123.68], rtol=1e-6)
     torchvision = preprocess.normalize(pixel, "torchvision", ()).numpy()[0, 0]
-    want = (np.array([200, 100, 50]) / 255 - configs.TORCHVISION_MEAN) / configs.TORCHVISION_STD
+    want = (
+        np.array([200, 100, 50]) / 255 - preprocessing.TORCHVISION_MEAN
+    ) / preprocessing.TORCHVISION_STD
     np.testing.assert_allclose(torchvision, want, rtol=1e-5)
     mean = preprocess.normalize(pixel, "mean_rgb", (1.0, 2.0, 3.0)).numpy()[0, 0]
     np.testing.assert_allclose(mean, [199, 98, 47])

@@ -51,10 +51,10 @@ def write_ilsvrc(manual_dir, per_class: int = 2) -> None:
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory):
-    """Prepared with README.md's command: vgg-flax prepare-data --manual_dir ... --data_dir ..."""
+    """Prepared with README.md's command: vgg-flax prepare-data --manual-dir ... --data-dir ..."""
     root = tmp_path_factory.mktemp("ilsvrc")
     write_ilsvrc(root / "manual")
-    argv = ["prepare-data", "--manual_dir", str(root / "manual"), "--data_dir", str(root / "tfds")]
+    argv = ["prepare-data", "--manual-dir", str(root / "manual"), "--data-dir", str(root / "tfds")]
     assert cli.main(argv) == 0
     return data.default_config(
         source="imagenet2012",

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from experiments import paper_results
 from experiments import reproduce_tables as tables
-from vgg_flax import configs
 
 
 def test_checkpoint_specs():
@@ -16,12 +16,12 @@ def test_checkpoint_specs():
 
 
 def test_paper_rows_and_test_scales():
-    assert len(configs.PAPER_RESULTS) == 12 + 10 + 6 + 1
+    assert len(paper_results.PAPER_RESULTS) == 12 + 10 + 6 + 1
     row = tables.paper_row(5, ("D",), (256, 512), (256, 384, 512), "dense+multicrop")
     assert (row.top1, row.top5) == (24.4, 7.2)
-    row = tables.paper_row(4, ("C",), 384, configs.multi_test_scales(384), "dense")
+    row = tables.paper_row(4, ("C",), 384, paper_results.multi_test_scales(384), "dense")
     assert (row.top1, row.top5) == (27.8, 9.2)
-    assert configs.single_test_scale((256, 512)) == (384,)
+    assert paper_results.single_test_scale((256, 512)) == (384,)
     assert tables.paper_row(3, ("D-BN",), 256, (256,), "dense") is None
 
 

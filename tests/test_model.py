@@ -143,3 +143,54 @@ def test_unknown_feature_name_is_refused(vgg_a):
     model, variables = vgg_a
     with pytest.raises(ValueError, match="unknown feature names.*relu4_2"):
         model.apply(variables, jnp.zeros((1, 32, 32, 3)), features=("relu9_9",))
+
+
+def test_narrow_net_is_a_public_option_with_the_counted_parameters():
+    from vgg_flax import arch
+
+    model = create_model("A", width=0.125, head_width=32, num_classes=10)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert params["conv1_1"]["kernel"].shape == (3, 3, 3, 8)
+    assert params["conv5_2"]["kernel"].shape == (3, 3, 64, 64)
+    assert params["fc6"]["kernel"].shape == (7, 7, 64, 32)
+    assert params["fc8"]["kernel"].shape == (1, 1, 32, 10)
+    built = sum(x.size for x in jax.tree.leaves(params))
+    assert built == arch.count_params("A", num_classes=10, width=0.125, head_width=32)
+
+
+def test_a_users_own_layer_list_and_average_pooling():
+    layers = (16, "M", 32, "1x1-8", "M", "LRN", 32, "M", 32, "M", 32, "M")
+    model = create_model(layers, pooling="avg", head_width=16, num_classes=4)
+    images = jax.random.normal(jax.random.key(13), (1, 64, 64, 3))
+    variables = jax.jit(model.init)(jax.random.key(14), images)
+    assert variables["params"]["conv2_2"]["kernel"].shape == (1, 1, 32, 8)
+    feats = model.apply(variables, images, features=("relu1_1", "pool1", "norm3", "logits"))
+    expected = feats["relu1_1"].reshape(1, 32, 2, 32, 2, 16).mean(axis=(2, 4))
+    np.testing.assert_allclose(feats["pool1"], expected, rtol=1e-6, atol=1e-7)
+    assert feats["norm3"].shape == (1, 16, 16, 8) and feats["logits"].shape == (1, 4)
+    with pytest.raises(ValueError, match="exactly 5 'M'"):
+        create_model((16, "M", 32))
+    with pytest.raises(ValueError, match="bad layer list entry 'pool'"):
+        create_model((16, "pool", 32, "M", "M", "M", "M", "M"))
+    with pytest.raises(ValueError, match="unknown pooling 'min'"):
+        create_model("A", pooling="min").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_standard_lax_kernels_compute_the_same_network_and_gradients(vgg_a):
+    model, variables = vgg_a
+    plain = create_model("A", num_classes=10, weight_init="torchvision", kernels="lax")
+    images = jax.random.normal(jax.random.key(15), (2, 32, 32, 3))
+
+    def loss(m, params):
+        return jnp.sum(m.apply({"params": params}, images) ** 2)
+
+    fast_loss, fast_grads = jax.value_and_grad(lambda p: loss(model, p))(variables["params"])
+    lax_loss, lax_grads = jax.value_and_grad(lambda p: loss(plain, p))(variables["params"])
+    np.testing.assert_allclose(fast_loss, lax_loss, rtol=1e-5)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(fast_grads), jax.tree.leaves(lax_grads), strict=True
+    ):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))
+    with pytest.raises(ValueError, match="unknown kernels 'fast'"):
+        create_model("A", kernels="fast").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

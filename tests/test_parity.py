@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vgg_flax import configs
+from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
 from vgg_flax.cli import main
 from vgg_flax.convert import torchvision_entries
 from vgg_flax.parity import compare, torch_model
@@ -56,12 +56,12 @@ def test_train_mode_batchnorm_matches_torchvision():
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("arch", list(configs.TORCHVISION_ARCHS))
+@pytest.mark.parametrize("arch", list(TORCHVISION_ARCHS))
 def test_every_layer_matches_torchvision(arch, size):
     report = compare(arch, _net(arch), _inputs(1, *size))
     names = [d.name for d in report.activations]
-    config, batch_norm = configs.TORCHVISION_ARCHS[arch]
-    expected = [n for n in configs.activation_names(config, batch_norm) if n != "fc8"]
+    config, batch_norm = TORCHVISION_ARCHS[arch]
+    expected = [n for n in activation_names(config, batch_norm) if n != "fc8"]
     assert names == expected  # every conv, bn, relu, pool, fc6, relu6, fc7, relu7 and logits
     bad = [d for d in report.activations if d.max_rel > ACTIVATION_TOL]
     assert not bad, bad

@@ -14,9 +14,9 @@ import torch
 import torchvision
 from jax import lax
 
+import vgg_flax
 from vgg_flax import kernels
-from vgg_flax.convert import from_torchvision, to_torchvision
-from vgg_flax.model import create_model
+from vgg_flax.convert import to_torchvision
 from vgg_flax.xla_options import compiler_options
 
 
@@ -93,8 +93,7 @@ def test_model_logits_and_gradients_match_torchvision():
     logits_t = net(images).detach().numpy()
     grads_t = {k: p.grad.numpy() for k, p in net.named_parameters()}
 
-    model = create_model("vgg11", num_classes=10)
-    variables = jax.tree.map(jnp.asarray, from_torchvision(net.state_dict(), "vgg11"))
+    model, variables = vgg_flax.load(net.state_dict(), "vgg11")
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
 
     def loss_fn(params):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vgg_flax
-from vgg_flax import configs
+from vgg_flax import weights
 from vgg_flax.convert import torchvision_entries
 from vgg_flax.pretrained import fetch
 
@@ -116,10 +116,10 @@ def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     path = served / "models" / "tmp.pth"
     torch.save(state, path)
     name = _publish(served / "models", "vgg11", path.read_bytes())
-    entry = dataclasses.replace(configs.TORCHVISION_WEIGHTS["vgg11"], file=name)
-    monkeypatch.setitem(configs.TORCHVISION_WEIGHTS, "vgg11", entry)
+    entry = dataclasses.replace(weights.TORCHVISION_WEIGHTS["vgg11"], file=name)
+    monkeypatch.setitem(weights.TORCHVISION_WEIGHTS, "vgg11", entry)
     model, variables = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
-    assert (model.config, model.batch_norm, model.num_classes) == ("A", False, 1000)
+    assert (model.arch, model.batch_norm, model.num_classes) == ("A", False, 1000)
     fc8 = variables["params"]["fc8"]
     np.testing.assert_array_equal(fc8["bias"], state["classifier.6.bias"].numpy())
     assert fc8["kernel"].shape == (1, 1, 4096, 1000) and fc8["kernel"].dtype == np.float16

@@ -16,3 +16,6 @@ def test_model_example_runs():
     assert namespace["score_map"].shape == (1, 6, 10, 1000)
     assert set(namespace["feats"]) == {"relu4_2", "pool5"}
     assert set(namespace["both"]) == {"fc7", "logits"}
+    assert namespace["tiny_logits"].shape == (2, 10)
+    assert namespace["tiny_variables"]["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 8)
+    assert namespace["spec"]["width"] == 0.125 and namespace["spec"]["head_width"] == 32

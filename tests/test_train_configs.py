@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import train_tiny
 
-from vgg_flax import configs
-from vgg_flax.train import trainer
+from vgg_flax.train import recipe, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE3 = {
@@ -33,11 +31,6 @@ TABLE3 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def full_width():
-    train_tiny.clear_compiled()  # tests run before may have compiled tiny-width nets
-
-
 def load(name: str, mode: str | None = None):
     return importlib.import_module(f"experiments.configs.{name}").get_config(mode)
 
@@ -48,7 +41,7 @@ def test_configs_follow_table3_and_the_papers_recipe():
     )
     for name, (model, scale, scale_range) in TABLE3.items():
         config = load(name)
-        assert config.model == model and config.data.source == "imagenet2012"
+        assert config.arch == model and config.data.source == "imagenet2012"
         assert config.batch_size == 256 and config.optim.momentum == 0.9
         assert config.optim.weight_decay == 5e-4 and config.dropout == 0.5
         assert config.optim.schedule == "plateau" and config.optim.max_drops == 3
@@ -64,7 +57,7 @@ def test_configs_follow_table3_and_the_papers_recipe():
             assert config.init_from == "runs/a_256/model"  # the paper's warm start from A
         header = importlib.import_module(f"experiments.configs.{name}").__doc__
         assert f"experiments/configs/{name}.py" in header and "top-1 error" in header
-    assert configs.TRAIN_EPOCHS == 74 and configs.TRAIN_LR_MAX_DROPS == 3
+    assert recipe.EPOCHS == 74 and recipe.LR_MAX_DROPS == 3
 
 
 @pytest.mark.parametrize("name", sorted(TABLE3))

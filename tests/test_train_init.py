@@ -1,4 +1,4 @@
-"""Starting points: the paper's warm start from a trained A, and copies of same-config nets."""
+"""Starting points: the paper's warm start from a trained A, and copies of same-arch nets."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import numpy as np
 import pytest
 import train_tiny
 
-from vgg_flax import checkpoint, configs
+from vgg_flax import save
 from vgg_flax.model import create_model
+from vgg_flax.train import recipe
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.trainer import start_from
 
 
-@pytest.fixture(autouse=True)
-def tiny(monkeypatch):
-    train_tiny.shrink(monkeypatch)
+def tiny(arch: str, **options):
+    return create_model(arch, **{"num_classes": 10, **train_tiny.TINY, **options})
 
 
-def fresh(config: str, seed: int, **options) -> dict:
-    model = create_model(config, num_classes=10, **options)
-    return init_variables(model, jax.random.key(seed), 32)
+def fresh(arch: str, seed: int, **options) -> dict:
+    return init_variables(tiny(arch, **options), jax.random.key(seed), 32)
 
 
 def same(a, b) -> bool:
@@ -30,12 +29,10 @@ def same(a, b) -> bool:
 
 def test_warm_start_copies_exactly_the_papers_layers_from_a(tmp_path):
     trained_a, target = fresh("A", 1), fresh("D", 2)
-    path = checkpoint.save_model(
-        tmp_path / "a", trained_a, {"arch": "A", "batch_norm": False, "num_classes": 10}
-    )
+    path = save(tmp_path / "a", tiny("A"), trained_a)
     started = start_from(target, "D", path)
     copied = {"conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"}
-    assert set(configs.WARM_START_LAYERS.values()) == copied
+    assert set(recipe.WARM_START_LAYERS.values()) == copied
     for name, layer in started["params"].items():
         if name in copied:
             assert same(layer, trained_a["params"][name]), name
@@ -55,16 +52,14 @@ def test_warm_start_brings_batchnorm_of_copied_convs_along():
     assert same(started["params"]["bn2_1"], trained_a["params"]["bn2_1"])
 
 
-def test_same_config_copies_everything_and_fc8_can_be_skipped(tmp_path):
+def test_same_arch_copies_everything_and_fc8_can_be_skipped(tmp_path):
     source = fresh("C", 1)
     mapping = warm_start_layers("C", "C")
     assert same(copy_layers(fresh("C", 2), source, mapping), source)
-    other_classes = init_variables(create_model("C", num_classes=5), jax.random.key(3), 32)
+    other_classes = init_variables(tiny("C", num_classes=5), jax.random.key(3), 32)
     with pytest.raises(ValueError, match="shape mismatch at params/fc8"):
         copy_layers(other_classes, source, mapping)
-    path = checkpoint.save_model(
-        tmp_path / "c", source, {"arch": "C", "batch_norm": False, "num_classes": 10}
-    )
+    path = save(tmp_path / "c", tiny("C"), source)
     started = start_from(other_classes, "C", path, skip=("fc8",))
     assert same(started["params"]["conv5_3"], source["params"]["conv5_3"])
     assert same(started["params"]["fc8"], other_classes["params"]["fc8"])
@@ -74,5 +69,5 @@ def test_unsupported_sources_are_refused():
     with pytest.raises(ValueError, match="cannot start a C net from a trained B"):
         warm_start_layers("B", "C")
     assert np.all(
-        np.asarray(list(warm_start_layers("vgg11", "vgg16"))) == list(configs.WARM_START_LAYERS)
+        np.asarray(list(warm_start_layers("vgg11", "vgg16"))) == list(recipe.WARM_START_LAYERS)
     )

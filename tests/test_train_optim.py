@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,12 +9,15 @@ import pytest
 
 from vgg_flax.train import optim
 
+PARAMS0 = {"w": jnp.ones((2,))}
+
 
 def run_plateau(accuracies, **kwargs):
-    state, drops = optim.Plateau(), []
+    tx = optim.make_optimizer(optim.schedule("plateau", base=1e-2))
+    state, drops = tx.init(PARAMS0), []
     for accuracy in accuracies:
-        state = optim.plateau_update(state, accuracy, **kwargs)
-        drops.append(state.drops)
+        state = optim.record_evaluation(state, accuracy, **kwargs)
+        drops.append(int(optim.plateau(state).drops))
     return state, drops
 
 
@@ -34,37 +35,63 @@ def test_plateau_gain_resets_the_count_and_drops_restart_counting():
     assert drops == [0, 0, 0, 0, 1, 1, 2]
 
 
-def test_plateau_never_drops_more_than_max_drops():
+def test_plateau_never_drops_more_than_max_drops_and_scales_the_update():
     state, drops = run_plateau([0.5] + [0.0] * 20, patience=1)
-    assert drops[:5] == [0, 1, 2, 3, 3] and state.drops == 3
-    assert run_plateau([0.5] + [0.0] * 20, patience=1, max_drops=1)[0].drops == 1
-    rate = optim.learning_rate(0, schedule="plateau", base=1e-2, plateau=state)
-    assert rate == pytest.approx(1e-5)
+    assert drops[:5] == [0, 1, 2, 3, 3] and int(optim.plateau(state).drops) == 3
+    assert (
+        int(optim.plateau(run_plateau([0.5] + [0.0] * 20, patience=1, max_drops=1)[0]).drops) == 1
+    )
+    tx = optim.make_optimizer(optim.schedule("plateau", base=1e-2), momentum=0.0)
+    updates, state = tx.update({"w": jnp.full((2,), 2.0)}, state)
+    np.testing.assert_allclose(updates["w"], -2.0 * 1e-5, rtol=1e-6)  # 1e-2 / 10**3
+    assert float(optim.learning_rate(state)) == pytest.approx(1e-5, rel=1e-6)
 
 
-def test_plateau_min_delta_and_state_round_trips_json():
+def test_plateau_min_delta_and_bad_patience():
     # +0.001 is no gain when min_delta is 0.01.
     state, drops = run_plateau([0.5, 0.501, 0.502], patience=2, min_delta=0.01)
     assert drops == [0, 0, 1]
-    assert optim.Plateau.from_json(state.to_json()) == state
-    assert optim.Plateau.from_json(optim.Plateau().to_json()).best == -math.inf
     with pytest.raises(ValueError, match="patience"):
-        optim.plateau_update(state, 0.1, patience=0)
+        optim.record_evaluation(state, 0.1, patience=0)
+
+
+def test_plateau_rule_runs_jitted_like_the_trainer_does():
+    tx = optim.make_optimizer(optim.schedule("plateau", base=1e-2))
+    record = jax.jit(lambda s, a: optim.record_evaluation(s, a, patience=1))
+    state = record(record(tx.init(PARAMS0), 0.5), 0.4)
+    assert int(optim.plateau(state).drops) == 1 and float(optim.plateau(state).best) == 0.5
+
+
+def rates(name, steps, **kwargs):
+    return [float(optim.schedule(name, **kwargs)(jnp.int32(s))) for s in steps]
 
 
 def test_step_constant_and_warmup_rates():
-    rates = [
-        optim.learning_rate(s, schedule="step", base=0.01, step_every=30)
-        for s in (0, 29, 30, 61, 95)
-    ]
-    np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.0001, 0.00001])
-    assert optim.learning_rate(10**6, schedule="constant", base=0.05) == 0.05
-    warm = [optim.learning_rate(s, schedule="constant", base=0.1, warmup_steps=4) for s in range(6)]
-    np.testing.assert_allclose(warm, [0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    got = rates("step", (0, 29, 30, 61, 95), base=0.01, step_every=30)
+    np.testing.assert_allclose(got, [0.01, 0.01, 0.001, 0.0001, 0.00001], rtol=1e-6)
+    assert rates("constant", (10**6,), base=0.05) == pytest.approx([0.05])
+    warm = rates("constant", range(6), base=0.1, warmup_steps=4)
+    np.testing.assert_allclose(warm, [0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rtol=1e-6)
     with pytest.raises(ValueError, match="unknown schedule"):
-        optim.learning_rate(0, schedule="cosine", base=0.1)
+        optim.schedule("cosine", base=0.1)
     with pytest.raises(ValueError, match="step_every"):
-        optim.learning_rate(0, schedule="step", base=0.1)
+        optim.schedule("step", base=0.1)
+
+
+def test_optimizer_is_pytorch_sgd_with_momentum_and_records_each_steps_rate():
+    tx = optim.make_optimizer(optim.schedule("step", base=0.1, step_every=2), momentum=0.9)
+    state, grad = tx.init(PARAMS0), {"w": jnp.ones((2,))}
+    velocity, got, seen = 0.0, [], []
+    for _ in range(4):
+        updates, state = tx.update(grad, state)
+        velocity = 0.9 * velocity + 1.0  # torch.optim.SGD: v <- m v + g; w <- w - lr v
+        got.append(float(updates["w"][0]))
+        seen.append(float(optim.learning_rate(state)))
+    lrs = [0.1, 0.1, 0.01, 0.01]
+    np.testing.assert_allclose(seen, lrs, rtol=1e-6)
+    np.testing.assert_allclose(
+        got, [-lr * v for lr, v in zip(lrs, [1, 1.9, 2.71, 3.439], strict=True)], rtol=1e-6
+    )
 
 
 PARAMS = {

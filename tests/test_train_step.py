@@ -12,14 +12,16 @@ import train_tiny
 from vgg_flax.model import create_model
 from vgg_flax.parallel import make_mesh, to_global
 from vgg_flax.train.init import init_variables
+from vgg_flax.train.optim import make_optimizer
 from vgg_flax.train.step import create_state, make_train_step
 
 
 @pytest.mark.parametrize("l2_mask", ["kernels", "all"])
-def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(monkeypatch, l2_mask):
-    train_tiny.shrink(monkeypatch)
+def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(l2_mask):
     mesh = make_mesh()
-    model = create_model("A", num_classes=10, dropout_rate=0.0, weight_init="torchvision")
+    model = create_model(
+        "A", num_classes=10, dropout_rate=0.0, weight_init="torchvision", **train_tiny.TINY
+    )
     variables = init_variables(model, jax.random.key(0), 32)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
@@ -32,10 +34,12 @@ def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(monkeyp
     params = variables["params"]
     grads = jax.jit(jax.grad(cross_entropy))(params)
     lr, wd = 0.1, 0.05  # a large decay so a missing or misplaced L2 term shows
-    step = make_train_step(model, mesh, momentum=0.9, weight_decay=wd, l2_mask=l2_mask)
-    state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
+    tx = make_optimizer(lambda step: lr, momentum=0.9)
+    step = make_train_step(model, mesh, tx, weight_decay=wd, l2_mask=l2_mask)
+    state = create_state(variables, jax.random.key(1), mesh, tx)
     batch = to_global({"image": images, "label": labels}, mesh)
-    new, metrics = step(state, batch, jnp.float32(lr))
+    new, metrics = step(state, batch)
+    assert float(metrics["learning_rate"]) == pytest.approx(lr)
     for layer, leaves in params.items():
         for name, w in leaves.items():
             decayed = l2_mask == "all" or name == "kernel"
@@ -56,8 +60,7 @@ def test_first_step_is_lr_times_cross_entropy_gradient_plus_weight_decay(monkeyp
     assert int(new["step"]) == 1
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(monkeypatch):
-    train_tiny.shrink(monkeypatch)
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
     mesh = make_mesh()
     rng = np.random.default_rng(1)
     batch = to_global(
@@ -69,15 +72,17 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(monkeypatc
     )
     results = {}
     for dtype in (jnp.float32, jnp.bfloat16):
-        model = create_model("A", batch_norm=True, num_classes=10, dropout_rate=0.0, dtype=dtype)
+        model = create_model(
+            "A", batch_norm=True, num_classes=10, dropout_rate=0.0, dtype=dtype, **train_tiny.TINY
+        )
         variables = init_variables(model, jax.random.key(0), 32)
-        step = make_train_step(model, mesh, momentum=0.9, weight_decay=5e-4, l2_mask="kernels")
-        state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
-        state, metrics = step(state, batch, jnp.float32(0.01))
+        tx = make_optimizer(lambda step: 0.01, momentum=0.9)
+        step = make_train_step(model, mesh, tx, weight_decay=5e-4, l2_mask="kernels")
+        state = create_state(variables, jax.random.key(1), mesh, tx)
+        state, metrics = step(state, batch)
         assert {leaf.dtype for leaf in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
-        assert {leaf.dtype for leaf in jax.tree.leaves(state["opt_state"])} == {
-            jnp.dtype("float32")
-        }
+        momentum = state["opt_state"][0].trace  # optax.trace's buffers
+        assert {leaf.dtype for leaf in jax.tree.leaves(momentum)} == {jnp.dtype("float32")}
         results[dtype] = (float(metrics["cross_entropy"]), state["params"]["fc8"]["kernel"])
     (ce32, fc8_32), (ce16, fc8_16) = results[jnp.float32], results[jnp.bfloat16]
     assert ce16 == pytest.approx(ce32, rel=2e-2)  # bfloat16 keeps ~3 significant digits

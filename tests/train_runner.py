@@ -1,7 +1,7 @@
 """Subprocess entry for the training tests.
 
 `python train_runner.py WORKDIR [JSON overrides]` trains the digits config with tiny widths
-(train_tiny) and small overrides. With the environment variable TRAIN_RUNNER_SLOW=S set, each
+(train_tiny.TINY) and small overrides. With the environment variable TRAIN_RUNNER_SLOW=S set, each
 training batch is delayed S seconds, so a test can stop the run between two checkpoints.
 
 `python train_runner.py --one-step OUT.npz` runs one training step of VGG-A with BatchNorm at
@@ -27,6 +27,7 @@ SMALL = {
     "log_every_steps": 1,
     "checkpoint.every_steps": 2,
     "optim.warmup_steps": 2,
+    **train_tiny.TINY,
 }
 
 
@@ -52,12 +53,16 @@ def one_step(out: str) -> None:
     from vgg_flax.model import create_model
     from vgg_flax.parallel import make_mesh, to_global
     from vgg_flax.train.init import init_variables
+    from vgg_flax.train.optim import make_optimizer
     from vgg_flax.train.step import create_state, make_train_step
 
     mesh = make_mesh()
-    model = create_model("A", batch_norm=True, num_classes=10, weight_init="torchvision")
+    model = create_model(
+        "A", batch_norm=True, num_classes=10, weight_init="torchvision", **train_tiny.TINY
+    )
     variables = init_variables(model, jax.random.key(0), 32)
-    state = create_state(variables, jax.random.key(1), mesh, momentum=0.9)
+    tx = make_optimizer(lambda step: 0.01, momentum=0.9)
+    state = create_state(variables, jax.random.key(1), mesh, tx)
     rng = np.random.default_rng(0)
     batch = to_global(
         {
@@ -66,9 +71,9 @@ def one_step(out: str) -> None:
         },
         mesh,
     )
-    step = make_train_step(model, mesh, momentum=0.9, weight_decay=5e-4, l2_mask="kernels")
+    step = make_train_step(model, mesh, tx, weight_decay=5e-4, l2_mask="kernels")
     before = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    state, metrics = step(state, batch, np.float32(0.01))
+    state, metrics = step(state, batch)
     after = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
     flat = {}
     for (path, new), old in zip(
@@ -81,7 +86,6 @@ def one_step(out: str) -> None:
 
 
 def main() -> None:
-    train_tiny.shrink_globally()
     if sys.argv[1] == "--one-step":
         one_step(sys.argv[2])
         return

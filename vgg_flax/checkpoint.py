@@ -1,7 +1,7 @@
 """Checkpoints on disk: every Orbax call of vgg-flax lives in this module.
 
 A model checkpoint is one Orbax directory with two items: `variables` (the Flax variables) and
-`metadata` (JSON: at least the architecture name, so `load` can rebuild the module).
+`metadata` (JSON: the model's architecture fields, so `vgg_flax.load` can rebuild the module).
 """
 
 from __future__ import annotations
@@ -11,13 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
-
-from vgg_flax.model import VGG, create_model
-
-# Metadata keys passed on to `create_model` besides "arch"; other keys are only recorded.
-_MODEL_OPTIONS = ("batch_norm", "num_classes")
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -33,7 +27,7 @@ def save_model(
     half-written checkpoint under `directory`. Returns the absolute path written.
     """
     if "arch" not in metadata:
-        raise ValueError("metadata needs an 'arch' entry (e.g. 'vgg16') so load() can rebuild it")
+        raise ValueError("metadata needs an 'arch' entry (e.g. 'D') so load() can rebuild it")
     path = os.path.abspath(os.fspath(directory))
     if os.path.exists(path):
         raise ValueError(f"{path} already exists; choose a new directory or remove the old one")
@@ -49,16 +43,8 @@ def save_model(
     return path
 
 
-def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata recorded beside a checkpoint's variables."""
-    path = _existing(directory)
-    with _checkpointer() as checkpointer:
-        restored = checkpointer.restore(path, ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    return dict(restored["metadata"])
-
-
-def load(directory: str | os.PathLike) -> tuple[VGG, dict[str, Any]]:
-    """Rebuild `(model, variables)` from a directory written by `save_model` or `convert`."""
+def read_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(variables, metadata)` of a directory written by `save_model`, arrays in host memory."""
     path = _existing(directory)
     with _checkpointer() as checkpointer:
         restored = checkpointer.restore(
@@ -67,10 +53,7 @@ def load(directory: str | os.PathLike) -> tuple[VGG, dict[str, Any]]:
                 variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()
             ),
         )
-    metadata = restored["metadata"]
-    options = {key: metadata[key] for key in _MODEL_OPTIONS if key in metadata}
-    model = create_model(metadata["arch"], **options)
-    return model, jax.tree.map(jnp.asarray, dict(restored["variables"]))
+    return dict(restored["variables"]), dict(restored["metadata"])
 
 
 def _existing(directory: str | os.PathLike) -> str:
@@ -78,15 +61,14 @@ def _existing(directory: str | os.PathLike) -> str:
     if not os.path.isdir(os.path.join(path, "variables")):
         raise ValueError(
             f"{path} is not a vgg-flax checkpoint (no 'variables' item); write one with "
-            "vgg_flax.checkpoint.save_model or `vgg-flax convert`"
+            "vgg_flax.save or `vgg-flax convert`"
         )
     return path
 
 
 # --- Training checkpoints (vgg_flax.train): one Orbax CheckpointManager per run ---
 # Each step directory holds `state` (params, batch_stats, optimiser state, step, RNG key data) and
-# `meta` (JSON: the model's identity, schedule state and the input iterator's position).
-_IDENTITY = ("arch", "batch_norm", "num_classes")
+# `meta` (JSON: the model's architecture fields and the input iterator's position).
 
 
 def training_manager(directory: str | os.PathLike, *, keep: int = 2) -> ocp.CheckpointManager:
@@ -110,10 +92,9 @@ def training_manager(directory: str | os.PathLike, *, keep: int = 2) -> ocp.Chec
 def save_training(
     manager: ocp.CheckpointManager, step: int, state: Any, meta: Mapping[str, Any]
 ) -> None:
-    """Write training `state` and JSON `meta` (needs the `_IDENTITY` keys) as checkpoint `step`."""
-    missing = [key for key in _IDENTITY if key not in meta]
-    if missing:
-        raise ValueError(f"training checkpoint metadata lacks {missing}")
+    """Write training `state` and JSON `meta` (needs the model's "arch") as checkpoint `step`."""
+    if "arch" not in meta:
+        raise ValueError("training checkpoint metadata lacks 'arch' (the model's architecture)")
     if step in manager.all_steps():
         return  # already written (e.g. the final save right after a periodic one)
     manager.save(
@@ -131,8 +112,9 @@ def restore_training(
     """The latest `(state, meta)` in `manager`, shaped and sharded like `target`; None if empty.
 
     With `target` None the state comes back as saved, in host memory (for inspection).
-    Refuses, with ValueError, a checkpoint whose `identity` (arch, batch_norm, num_classes)
-    differs from the run's, and one that cannot be read back (corrupt or truncated files).
+    Refuses, with ValueError, a checkpoint whose `identity` (the architecture fields of
+    `vgg_flax.model.architecture`) differs from the run's, and one that cannot be read back
+    (corrupt or truncated files).
     """
     step = manager.latest_step()
     if step is None:
@@ -142,8 +124,8 @@ def restore_training(
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as error:  # Orbax raises many types for damaged files
         raise ValueError(f"checkpoint {where} is corrupt (unreadable metadata): {error}") from error
-    theirs = {key: meta.get(key) for key in _IDENTITY}
-    ours = {key: identity[key] for key in _IDENTITY}
+    theirs = {key: meta.get(key) for key in identity}
+    ours = dict(identity)
     if theirs != ours:
         raise ValueError(
             f"checkpoint {where} belongs to another network ({theirs}), not this run's {ours}; "

@@ -2,7 +2,7 @@
 
 torchvision's `make_layers` builds `features` as, for each entry of the layer list, a conv
 followed by [BatchNorm,] ReLU, and one MaxPool per "M"; its classifier is Linear (0), ReLU,
-Dropout, Linear (3), ReLU, Dropout, Linear (6). `configs.layers` names the same entries, so the
+Dropout, Linear (3), ReLU, Dropout, Linear (6). `arch.layers` names the same entries, so the
 index of every `features.{i}` follows from the config and never from the order of a file's keys.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from vgg_flax import configs
+from vgg_flax import arch as arch_lib
+from vgg_flax.atomic import atomic_write
 from vgg_flax.pth import load_pth
 
 HEAD_OPTIONS = ("auto", "keep", "drop")
@@ -51,11 +51,11 @@ class _Entry:
 def torchvision_modules(arch: str) -> dict[str, str]:
     """torchvision's module path -> vgg-flax activation name, for every layer of `arch`.
 
-    torchvision's features hold one module per activation of `configs.activation_names`
+    torchvision's features hold one module per activation of `arch_lib.activation_names`
     (conv, [bn,] relu, ..., pool), in the same order; the classifier's Dropouts have no name.
     """
     config, batch_norm = _resolve(arch)
-    names = configs.activation_names(config, batch_norm)
+    names = arch_lib.activation_names(config, batch_norm)
     trunk = names[: names.index("fc6")]
     modules = {f"features.{index}": name for index, name in enumerate(trunk)}
     return modules | {f"classifier.{index}": name for index, name in _CLASSIFIER.items()}
@@ -64,7 +64,7 @@ def torchvision_modules(arch: str) -> dict[str, str]:
 def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...]:
     """Every tensor of torchvision's `arch` state dict (without num_batches_tracked), in order."""
     config, _ = _resolve(arch)
-    convs = {layer.name: layer for layer in configs.layers(config)}
+    convs = {layer.name: layer for layer in arch_lib.layers(config)}
     entries: list[_Entry] = []
     channels = 3
     for path, name in torchvision_modules(arch).items():
@@ -80,8 +80,8 @@ def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...
                 key = f"{path}.{torch_name}"
                 entries.append(_Entry(key, (channels,), collection, name, ours, "vector"))
         elif name in _HEAD:
-            layer, fan_out = _HEAD[name], configs.HEAD_WIDTH if name != "logits" else num_classes
-            fan_in = channels * (configs.HEAD_INPUT_SIZE**2 if layer == "fc6" else 1)
+            layer, fan_out = _HEAD[name], arch_lib.HEAD_WIDTH if name != "logits" else num_classes
+            fan_in = channels * (arch_lib.HEAD_INPUT_SIZE**2 if layer == "fc6" else 1)
             kind = "fc6" if layer == "fc6" else "fc"
             shape = (fan_out, fan_in)
             entries.append(_Entry(f"{path}.weight", shape, "params", layer, "kernel", kind))
@@ -91,23 +91,25 @@ def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...
 
 
 def _resolve(arch: str) -> tuple[str, bool]:
-    if arch not in configs.TORCHVISION_ARCHS:
-        known = ", ".join(configs.TORCHVISION_ARCHS)
+    if arch not in arch_lib.TORCHVISION_ARCHS:
+        known = ", ".join(arch_lib.TORCHVISION_ARCHS)
         raise ValueError(f"unknown torchvision arch {arch!r}; choose one of {known}")
-    return configs.TORCHVISION_ARCHS[arch]
+    return arch_lib.TORCHVISION_ARCHS[arch]
 
 
 def from_torchvision(
     source: str | os.PathLike | Mapping[str, Any],
-    arch: str,
+    arch: str | None = None,
     *,
     head: str = "auto",
     dtype: Any = None,
 ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Convert torchvision's `arch` weights (a .pth path or a name -> array mapping) to variables.
 
-    Returns `{"params": ..., "batch_stats": ...}` (numpy arrays) for `create_model(arch,
-    num_classes=...)`, with num_classes read from the last Linear layer. Accepts a "module."
+    `arch` (e.g. "vgg16_bn") defaults to the one architecture whose tensor shapes the weights
+    have (`infer_arch`); `vgg_flax.load` also builds the model. Returns `{"params": ...,
+    "batch_stats": ...}` (numpy arrays) for `create_model(arch, num_classes=...)`, num_classes
+    read from the last Linear layer. Accepts a "module."
     prefix (DataParallel) and the old classifier numbering 1/4/6; ignores num_batches_tracked.
     `head`: "keep" loads fc6-fc8 and fails if they hold NaN/inf; "drop" leaves them out (use the
     model with `features=...` up to pool5); "auto" (default) keeps a finite head and drops an
@@ -119,6 +121,7 @@ def from_torchvision(
     loaded = load_pth(source, mmap=True) if isinstance(source, str | os.PathLike) else source
     state = _normalise(loaded)
     del loaded
+    arch = arch or infer_arch(state)
     entries = torchvision_entries(arch, _num_classes(state))
     _check(state, entries, arch)
     if head != "drop" and not _head_is_finite(state, entries):
@@ -195,14 +198,8 @@ def save_pth(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         raise ValueError("save_pth needs torch: pip install 'vgg-flax[torch]'") from error
     path = os.fspath(path)
     tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}
-    handle, temp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(tensors, file)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    with atomic_write(path) as file:
+        torch.save(tensors, file)
 
 
 def _normalise(source: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -264,12 +261,24 @@ def _check(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...], arch: s
 
 
 def _guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
-    for arch in configs.TORCHVISION_ARCHS:
+    shapes = {key: tuple(np.shape(value)) for key, value in state.items()}
+    for arch in arch_lib.TORCHVISION_ARCHS:
         entries = torchvision_entries(arch, _num_classes(state))
         if shapes == {entry.key: entry.shape for entry in entries}:
             return arch
     return None
+
+
+def infer_arch(state: Mapping[str, Any]) -> str:
+    """The torchvision architecture whose state dict has exactly these keys and shapes."""
+    found = _guess_arch(_normalise(state))
+    if found is None:
+        known = ", ".join(arch_lib.TORCHVISION_ARCHS)
+        raise ValueError(
+            f"these weights fit none of torchvision's VGGs ({known}) by their tensor shapes; "
+            "pass the architecture explicitly to see which tensors differ"
+        )
+    return found
 
 
 def _head_is_finite(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...]) -> bool:
@@ -283,7 +292,7 @@ def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
         return np.array(value)
     # conv: OIHW -> HWIO; fc6: (out, C*7*7) in torch's flatten order -> a 7x7 conv kernel (HWIO);
     # fc7/fc8: (out, in) -> a 1x1 conv kernel. All three reverse the axes of (O, I, H*W).
-    side = value.shape[-1] if kind == "conv" else configs.HEAD_INPUT_SIZE if kind == "fc6" else 1
+    side = value.shape[-1] if kind == "conv" else arch_lib.HEAD_INPUT_SIZE if kind == "fc6" else 1
     out, fan_in = value.shape[0], value.size // (value.shape[0] * side * side)
     hwio = _reverse_axes(value.reshape(out, fan_in, side * side))
     return hwio.reshape(side, side, fan_in, out)
@@ -308,32 +317,3 @@ def _reverse_axes(x: np.ndarray, rows: int = 16, cols: int = 64) -> np.ndarray:
         for j in range(0, x.shape[1], cols):
             out[:, j : j + cols, i : i + rows] = x[i : i + rows, j : j + cols].transpose(2, 1, 0)
     return out
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `vgg-flax convert ARCH PTH OUT_DIR`."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert torchvision weights (.pth) to a vgg-flax Orbax checkpoint",
-        description="Convert a torchvision VGG .pth file into an Orbax checkpoint directory "
-        "that vgg_flax.load(OUT_DIR) reads back as (model, variables).",
-    )
-    parser.add_argument("arch", choices=list(configs.TORCHVISION_ARCHS))
-    parser.add_argument("pth", help="torchvision state dict (zip or legacy format)")
-    parser.add_argument("out_dir", help="new checkpoint directory (must not exist)")
-    parser.add_argument("--head", choices=HEAD_OPTIONS, default="auto", help="see from_torchvision")
-    parser.set_defaults(run=run)
-
-
-def run(args: Any) -> int:
-    """Convert args.pth and write the checkpoint with the arch recorded beside it."""
-    from vgg_flax.checkpoint import save_model
-
-    variables = from_torchvision(args.pth, args.arch, head=args.head)
-    params = variables["params"]
-    metadata = {"arch": args.arch, "source": os.path.basename(args.pth)}
-    if "fc8" in params:
-        metadata["num_classes"] = int(params["fc8"]["bias"].shape[0])
-    path = save_model(args.out_dir, variables, metadata)
-    print(f"wrote {args.arch} ({'with' if 'fc8' in params else 'without'} head) to {path}")
-    return 0

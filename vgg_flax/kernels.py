@@ -1,49 +1,40 @@
-"""Faster formulations of VGG's convolutions and pooling, with the same numbers and parameters.
+"""VGG's convolutions and poolings: standard `lax` ops, with faster CPU formulations chosen inside.
 
 Measured on XLA:CPU (benchmarks/BENCHMARKS.md): a 7x7 "convolution" over a 7x7 map is ~3x
-slower than the same contraction as one matrix product, forward and backward, and the backward of
-`reduce_window` max pooling (select-and-scatter) is ~7x slower than routing the gradient through
-an explicit 2x2 mask. Both rewrites compute the same sums as the plain operations: `Conv` keeps
-`nn.Conv`'s parameter names and shapes (kernel HWIO, bias), and `max_pool_2x2` sends each
-window's gradient to its first maximum, as `nn.max_pool` and PyTorch do.
+slower than the same contraction as one matrix product, forward and backward; the kernel
+gradient of a 3x3 convolution is up to 4x slower than one matrix product per kernel tap; and the
+backward of `reduce_window` max pooling (select-and-scatter) is ~7x slower than routing the
+gradient through an explicit 2x2 mask. Each op here is a `custom_vjp` whose forward and backward
+pick, with `lax.platform_dependent`, the CPU formulation on CPUs and the standard `lax` op on
+every other platform (a program lowered for a GPU or TPU holds only the standard ops). Both
+compute the same sums; `max_pool_2x2` sends each window's gradient to its first maximum on every
+platform, as PyTorch does. `KERNELS = ("auto", "lax")`: "lax" uses the standard ops everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-Initializer = Callable[..., jax.Array]
+KERNELS = ("auto", "lax")
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = None) -> jax.Array:
-    """Stride-1 convolution of NHWC `x` with an HWIO kernel and symmetric zero `padding`.
-
-    A window that covers the whole (unpadded) map is one matrix product over the flattened
-    (h, w, c) axes, and a 1x1 kernel is one over the channels: the same sums as the convolution,
-    in the layout XLA's matrix multiply is fastest at.
-    """
-    kh, kw, cin, cout = kernel.shape
-    n, height, width, _ = x.shape
-    if padding == 0 and (kh, kw) == (height, width):
-        flat = x.reshape(n, height * width * cin)
-        out = jnp.dot(flat, kernel.reshape(kh * kw * cin, cout), precision=precision)
-        return out.reshape(n, 1, 1, cout)
-    if padding == 0 and (kh, kw) == (1, 1):
-        flat = x.reshape(n * height * width, cin)
-        out = jnp.dot(flat, kernel.reshape(cin, cout), precision=precision)
-        return out.reshape(n, height, width, cout)
-    return _windowed_conv(x, kernel, padding, precision)
+def check_kernels(kernels: str) -> None:
+    """Refuse an unknown kernel choice with the known ones."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
 
 
-def _plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
+# --- Convolution ------------------------------------------------------------------------------
+
+
+def plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = None) -> jax.Array:
+    """Stride-1 convolution of NHWC `x` with an HWIO kernel and symmetric zero `padding`."""
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -54,38 +45,37 @@ def _plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _windowed_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
-    return _plain_conv(x, kernel, padding, precision)
+def _as_matmul(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array | None:
+    # A window that covers the whole (unpadded) map is one matrix product over the flattened
+    # (h, w, c) axes, and a 1x1 kernel is one over the channels: the same sums as the
+    # convolution, in the layout XLA:CPU's matrix multiply is fastest at. None: neither case.
+    kh, kw, cin, cout = kernel.shape
+    n, height, width, _ = x.shape
+    if padding == 0 and (kh, kw) == (height, width):
+        flat = x.reshape(n, height * width * cin)
+        out = jnp.dot(flat, kernel.reshape(kh * kw * cin, cout), precision=precision)
+        return out.reshape(n, 1, 1, cout)
+    if padding == 0 and (kh, kw) == (1, 1):
+        flat = x.reshape(n * height * width, cin)
+        out = jnp.dot(flat, kernel.reshape(cin, cout), precision=precision)
+        return out.reshape(n, height, width, cout)
+    return None
 
 
-def _windowed_conv_fwd(x, kernel, padding, precision):
-    return _plain_conv(x, kernel, padding, precision), (x, kernel)
+def _cpu_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
+    out = _as_matmul(x, kernel, padding, precision)
+    return plain_conv(x, kernel, padding, precision) if out is None else out
 
 
-def _windowed_conv_bwd(padding, precision, residuals, g):
-    x, kernel = residuals
-    # The input gradient is the transposed convolution autodiff builds, on every platform.
-    _, pullback = jax.vjp(lambda x_: _plain_conv(x_, kernel, padding, precision), x)
-    (dx,) = pullback(g)
-
-    def autodiff_dkernel(x, g):
-        _, pullback = jax.vjp(lambda k: _plain_conv(x, k, padding, precision), kernel)
-        return pullback(g)[0]
-
-    def taps_dkernel(x, g):
-        return _tap_dkernel(x, g, kernel.shape, padding, precision).astype(kernel.dtype)
-
-    # GPUs have fast kernel-gradient convolutions (cuDNN); XLA:CPU's is slow, so CPUs use taps.
-    dkernel = lax.platform_dependent(x, g, cpu=taps_dkernel, default=autodiff_dkernel)
-    return dx, dkernel
-
-
-def _tap_dkernel(x, g, shape, padding, precision):
-    # The kernel gradient as autodiff builds it is a convolution whose "window" is the whole
-    # image and whose features are the batch, up to 4x slower on XLA:CPU than one matrix product
-    # per kernel tap: dW[i, j] = sum over (n, h, w) of shifted x (.., cin) times g (.., cout).
-    kh, kw, cin, cout = shape
+def _cpu_conv_vjp(x, kernel, g, padding, precision):
+    if _as_matmul(x, kernel, padding, precision) is not None:
+        return jax.vjp(lambda a, b: _cpu_conv(a, b, padding, precision), x, kernel)[1](g)
+    # The input gradient is the transposed convolution autodiff builds; the kernel gradient as
+    # autodiff builds it is a convolution whose "window" is the whole image and whose features
+    # are the batch, slow on XLA:CPU: one matrix product per kernel tap instead,
+    # dW[i, j] = sum over (n, h, w) of shifted x (.., cin) times g (.., cout).
+    (dx,) = jax.vjp(lambda a: plain_conv(a, kernel, padding, precision), x)[1](g)
+    kh, kw, cin, cout = kernel.shape
     n, height, width, _ = g.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     rows = g.reshape(n * height * width, cout)
@@ -99,33 +89,71 @@ def _tap_dkernel(x, g, shape, padding, precision):
         for i in range(kh)
         for j in range(kw)
     ]
-    return jnp.stack(taps).reshape(shape)
+    return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
 
 
-_windowed_conv.defvjp(_windowed_conv_fwd, _windowed_conv_bwd)
+def _plain_conv_vjp(x, kernel, g, padding, precision):
+    return jax.vjp(lambda a, b: plain_conv(a, b, padding, precision), x, kernel)[1](g)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = None) -> jax.Array:
+    """`plain_conv`, computed by the CPU formulation on CPUs (forward and backward)."""
+    return lax.platform_dependent(
+        x,
+        kernel,
+        cpu=partial(_cpu_conv, padding=padding, precision=precision),
+        default=partial(plain_conv, padding=padding, precision=precision),
+    )
+
+
+def _conv2d_fwd(x, kernel, padding, precision):
+    return conv2d(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv2d_bwd(padding, precision, residuals, g):
+    x, kernel = residuals
+    return lax.platform_dependent(
+        x,
+        kernel,
+        g,
+        cpu=partial(_cpu_conv_vjp, padding=padding, precision=precision),
+        default=partial(_plain_conv_vjp, padding=padding, precision=precision),
+    )
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class Conv(nn.Module):
-    """A stride-1 2D convolution with `nn.Conv`'s variables ("kernel" HWIO, "bias"), NHWC."""
+    """A stride-1 2D convolution with `nn.Conv`'s variables ("kernel" HWIO, "bias"), NHWC.
+
+    `kernels`: "auto" (the CPU formulation on CPUs, `lax` elsewhere) or "lax" (always `lax`).
+    """
 
     features: int
     kernel_size: int
     padding: int = 0
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Convolve x (N, H, W, Cin) and add the bias; see `conv2d` for the formulation."""
+        """Convolve x (N, H, W, Cin) and add the bias."""
         k = self.kernel_size
         shape = (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv2d(x, kernel, self.padding, self.precision) + bias
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        conv = conv2d if self.kernels == "auto" else plain_conv
+        return conv(x, kernel, self.padding, self.precision) + bias
+
+
+# --- Pooling ----------------------------------------------------------------------------------
 
 
 def _windows(x: jax.Array) -> jax.Array:
@@ -135,19 +163,16 @@ def _windows(x: jax.Array) -> jax.Array:
     return even.reshape(n, height // 2, 2, width // 2, 2, c)
 
 
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 of an NHWC array (VALID: odd edges dropped, as PyTorch)."""
+def plain_max_pool(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 by `lax.reduce_window` (odd edges dropped, as PyTorch)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _cpu_max_pool(x: jax.Array) -> jax.Array:
     return jnp.max(_windows(x), axis=(2, 4))
 
 
-def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = max_pool_2x2(x)
-    return y, (x, y)
-
-
-def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
-    x, y = residuals
+def _cpu_max_pool_vjp(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
     n, height, width, c = x.shape
     hit = _windows(x) == y[:, :, None, :, None]
     # Only the first maximum in row-major window order gets the gradient (ties split nothing).
@@ -162,7 +187,39 @@ def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple
         rows.append(jnp.stack(cols, axis=3))
     gx = jnp.stack(rows, axis=2).reshape(n, height // 2 * 2, width // 2 * 2, c)
     pad = ((0, 0), (0, height - gx.shape[1]), (0, width - gx.shape[2]), (0, 0))
-    return (jnp.pad(gx, pad),)
+    return jnp.pad(gx, pad)
+
+
+def _plain_max_pool_vjp(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
+    return jax.vjp(plain_max_pool, x)[1](g)[0]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """`plain_max_pool`, computed by the CPU formulation on CPUs (forward and backward)."""
+    return lax.platform_dependent(x, cpu=_cpu_max_pool, default=plain_max_pool)
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = residuals
+    return (lax.platform_dependent(x, y, g, cpu=_cpu_max_pool_vjp, default=_plain_max_pool_vjp),)
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling with stride 2 (odd edges dropped), as style-transfer VGGs use."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def pool_2x2(x: jax.Array, pooling: str, kernels: str = "auto") -> jax.Array:
+    """The trunk's 2x2 pooling: `pooling` "max" or "avg"; `kernels` as in `Conv`."""
+    if pooling == "avg":
+        return avg_pool_2x2(x)
+    return max_pool_2x2(x) if kernels == "auto" else plain_max_pool(x)

@@ -9,7 +9,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_flax import configs
+# AlexNet's LRN as the paper uses it: alpha is not divided by the window size.
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+LRN_K = 2.0
+# PyTorch's BatchNorm2d defaults (its momentum 0.1 is Flax's 0.9).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -37,10 +44,10 @@ def adaptive_avg_pool(x: jnp.ndarray, output_size: tuple[int, int]) -> jnp.ndarr
 
 def local_response_norm(
     x: jnp.ndarray,
-    size: int = configs.LRN_SIZE,
-    alpha: float = configs.LRN_ALPHA,
-    beta: float = configs.LRN_BETA,
-    k: float = configs.LRN_K,
+    size: int = LRN_SIZE,
+    alpha: float = LRN_ALPHA,
+    beta: float = LRN_BETA,
+    k: float = LRN_K,
 ) -> jnp.ndarray:
     """AlexNet's LRN across the channels of an NHWC array.
 
@@ -63,8 +70,8 @@ class BatchNorm(nn.Module):
     Variables: params `scale`, `bias`; batch_stats `mean`, `var`.
     """
 
-    momentum: float = configs.BN_MOMENTUM
-    epsilon: float = configs.BN_EPSILON
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
     dtype: Any = None
     param_dtype: Any = jnp.float32
 

@@ -14,22 +14,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import configs
+from vgg_flax import arch as arch_lib
 from vgg_flax.initializers import INITS, kernel_init
-from vgg_flax.kernels import Conv, max_pool_2x2
+from vgg_flax.kernels import Conv, check_kernels, pool_2x2
 from vgg_flax.layers import BatchNorm, adaptive_avg_pool, local_response_norm
 
 MODES = ("classify", "dense", "dense_map")
+# The fields that define a network's variables; checkpoints record them (see `architecture`).
+ARCHITECTURE_FIELDS = ("arch", "batch_norm", "width", "head_width", "pooling", "num_classes")
 
 
 class VGG(nn.Module):
-    """A VGG network of Table 1 (config "A", "A-LRN", "B", "C", "D" or "E"), NHWC input.
+    """A VGG network, NHWC input; its architecture is the fields below.
+
+    - arch: a Table 1 name ("A", "A-LRN", "B", "C", "D", "E") or a layer list as a tuple (see
+      `vgg_flax.arch`: ints for 3x3 convs, "1x1-C", "M", "LRN"), five "M" in all;
+    - batch_norm: BatchNorm after every conv; width: multiplier of every conv's channels;
+      head_width: outputs of fc6 and fc7 (4096 in the paper); pooling: "max" (the paper) or
+      "avg" (as the style-transfer literature uses); num_classes: outputs of fc8;
+    - kernels: "auto" (faster formulations on CPUs, standard `lax` ops elsewhere) or "lax".
 
     `__call__(images, train=False, *, mode="classify", features=())`:
     - mode "classify": logits (N, num_classes), for any input of at least 32x32;
     - mode "dense": the dense-evaluation score map averaged over space, (N, num_classes);
     - mode "dense_map": the class score map itself, (N, h, w, num_classes), input >= 224x224;
-    - features: names from `configs.activation_names` (e.g. "relu4_2", "pool5", "fc7",
+    - features: names from `vgg_flax.arch.activation_names` (e.g. "relu4_2", "pool5", "fc7",
       "logits"); when given, a dict of those activations is returned instead, and the network
       stops after the last one asked for.
     - valid_hw (modes "dense"/"dense_map" only): int array (N, 2) of each image's true height and
@@ -40,8 +49,11 @@ class VGG(nn.Module):
       "dense_map" returns the map with invalid positions zeroed.
     """
 
-    config: str = "D"
+    arch: str | tuple[int | str, ...] = "D"
     batch_norm: bool = False
+    width: float = 1.0
+    head_width: int = arch_lib.HEAD_WIDTH
+    pooling: str = "max"
     num_classes: int = 1000
     dropout_rate: float = 0.5
     weight_init: str = "paper"
@@ -49,9 +61,9 @@ class VGG(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
+    kernels: str = "auto"
 
     def _conv(self, name: str, features: int, kernel: int, head: bool) -> Conv:
-        # kernels.Conv: nn.Conv's variables, computed as matrix products where XLA:CPU is faster.
         return Conv(
             features,
             kernel,
@@ -61,6 +73,7 @@ class VGG(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
+            kernels=self.kernels,
             name=name,
         )
 
@@ -87,7 +100,7 @@ class VGG(nn.Module):
             return bool(wanted) and len(found) == len(wanted)
 
         x = images.astype(self.dtype)
-        for layer in configs.layers(self.config):
+        for layer in arch_lib.layers(self.arch, self.width):
             if layer.kind == "conv":
                 suffix = layer.name[len("conv") :]
                 x = self._conv(layer.name, layer.features, layer.kernel, head=False)(x)
@@ -103,7 +116,7 @@ class VGG(nn.Module):
                 x = nn.relu(x)
                 name = f"relu{suffix}"
             elif layer.kind == "pool":
-                x = max_pool_2x2(x)
+                x = pool_2x2(x, self.pooling, self.kernels)
                 name = layer.name
             else:
                 x = local_response_norm(x)
@@ -116,10 +129,10 @@ class VGG(nn.Module):
                 return found
 
         if mode == "classify":
-            x = adaptive_avg_pool(x, (configs.HEAD_INPUT_SIZE,) * 2)
+            x = adaptive_avg_pool(x, (arch_lib.HEAD_INPUT_SIZE,) * 2)
         head = (
-            ("6", configs.HEAD_WIDTH, configs.HEAD_INPUT_SIZE),
-            ("7", configs.HEAD_WIDTH, 1),
+            ("6", self.head_width, arch_lib.HEAD_INPUT_SIZE),
+            ("7", self.head_width, 1),
             ("8", self.num_classes, 1),
         )
         for suffix, width, kernel in head:
@@ -135,7 +148,7 @@ class VGG(nn.Module):
         x = self._squeeze(x, mode)
         if valid_hw is not None:
             # fc6's 7x7 VALID window leaves (h/32 - 6) x (w/32 - 6) valid score positions.
-            valid_hw = valid_hw - (configs.HEAD_INPUT_SIZE - 1)
+            valid_hw = valid_hw - (arch_lib.HEAD_INPUT_SIZE - 1)
             x = _zero_outside(x, valid_hw)
         if keep("fc8", x):
             return found
@@ -157,6 +170,11 @@ class VGG(nn.Module):
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if self.weight_init not in INITS:
             raise ValueError(f"unknown init {self.weight_init!r}; choose one of {', '.join(INITS)}")
+        if self.pooling not in arch_lib.POOLINGS:
+            raise ValueError(
+                f"unknown pooling {self.pooling!r}; choose one of {', '.join(arch_lib.POOLINGS)}"
+            )
+        check_kernels(self.kernels)
         if images.ndim != 4:
             raise ValueError(
                 f"expected a batch of images of shape (N, H, W, 3), got rank {images.ndim} shape "
@@ -168,18 +186,18 @@ class VGG(nn.Module):
                 f"{tuple(images.shape)}; for NCHW arrays use images.transpose(0, 2, 3, 1)"
             )
         height, width = images.shape[1:3]
-        least = configs.MIN_CLASSIFY_SIZE if mode == "classify" else configs.MIN_DENSE_SIZE
+        least = arch_lib.MIN_CLASSIFY_SIZE if mode == "classify" else arch_lib.MIN_DENSE_SIZE
         if height < least or width < least:
             raise ValueError(
                 f"images of {height}x{width} are too small for mode {mode!r}: it needs at least "
                 f"{least}x{least}; resize the images (dense evaluation needs fc6's 7x7 window "
                 "to fit the pool5 map)"
             )
-        known = configs.activation_names(self.config, self.batch_norm)
+        known = arch_lib.activation_names(self.arch, self.batch_norm)
         unknown = [name for name in features if name not in known]
         if unknown:
             raise ValueError(
-                f"unknown feature names {unknown} for config {self.config}"
+                f"unknown feature names {unknown} for VGG {arch_lib.arch_label(self.arch)}"
                 f"{' with BatchNorm' if self.batch_norm else ''}; known: {', '.join(known)}"
             )
         return set(features)
@@ -194,12 +212,28 @@ def _zero_outside(x: jax.Array, valid_hw: jax.Array) -> jax.Array:
 
 
 def create_model(
-    name: str, *, batch_norm: bool = False, num_classes: int = 1000, **options: Any
+    arch: str | Sequence[int | str] = "D",
+    *,
+    batch_norm: bool = False,
+    num_classes: int = 1000,
+    **options: Any,
 ) -> VGG:
-    """Build a VGG from a config letter ("A", "A-LRN", "B", "C", "D", "E") or torchvision name.
+    """Build a VGG from a Table 1 name ("A", ..., "E"), a torchvision name or a layer list.
 
-    torchvision's `_bn` names imply batch_norm=True. Other options (dropout_rate, weight_init,
-    init_std, dtype, param_dtype, precision) go to `VGG`.
+    torchvision's `_bn` names imply batch_norm=True. Other options are `VGG`'s fields: width,
+    head_width, pooling, dropout_rate, weight_init, init_std, dtype, param_dtype, precision,
+    kernels. E.g. `create_model("A", width=0.125, head_width=32)` is a narrow VGG-A.
     """
-    config, named_bn = configs.resolve(name)
-    return VGG(config=config, batch_norm=batch_norm or named_bn, num_classes=num_classes, **options)
+    if isinstance(arch, str):
+        arch, named_bn = arch_lib.resolve(arch)
+    else:
+        arch, named_bn = arch_lib.layer_list(arch), False
+    return VGG(arch=arch, batch_norm=batch_norm or named_bn, num_classes=num_classes, **options)
+
+
+def architecture(model: VGG) -> dict[str, Any]:
+    """The fields that define `model`'s variables, JSON-ready; `create_model(**it)` rebuilds it."""
+    spec = {field: getattr(model, field) for field in ARCHITECTURE_FIELDS}
+    if not isinstance(spec["arch"], str):
+        spec["arch"] = list(spec["arch"])
+    return spec

@@ -1,4 +1,4 @@
-"""`vgg-flax parity`: run torchvision and vgg-flax on the same inputs and compare layer by layer.
+"""Parity with torchvision: run both on the same inputs and compare layer by layer.
 
 Every activation torchvision exposes as a module output (conv, bn, relu, pool, fc6, fc7, logits)
 is compared with vgg-flax's activation of the same name; optionally the gradients of the
@@ -8,20 +8,16 @@ running statistics (`train_bn`). Matmul precision is float32 on both sides. Need
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from vgg_flax import configs
-from vgg_flax.convert import from_torchvision, to_torchvision, torchvision_modules
-from vgg_flax.model import create_model
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from vgg_flax.arch import activation_names
+from vgg_flax.convert import to_torchvision, torchvision_modules
+from vgg_flax.loader import load
 
 
 @dataclasses.dataclass
@@ -136,11 +132,10 @@ def compare(
     gradient to a different input on each side (both valid), which moves early layers' gradients
     by up to ~1e-2 of their scale although the forward passes agree to 1e-6.
     """
-    variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
-    num_classes = variables["params"]["fc8"]["bias"].shape[0]
+    model, variables = load(torch_net.state_dict(), arch, head="keep", dropout_rate=0.0)
+    num_classes = model.num_classes
     with float32_precision():
         theirs, their_stats = _forward_torch(arch, torch_net, images, train_bn)
-        model = create_model(arch, num_classes=num_classes, dropout_rate=0.0)
         ours, our_stats = _forward_ours(model, variables, images, train_bn)
     activations = [difference(name, ours[name], theirs[name]) for name in theirs]
     agree = float(np.mean(ours["logits"].argmax(-1) == theirs["logits"].argmax(-1)))
@@ -184,10 +179,10 @@ def gradient_differences(
         logits = net(torch.from_numpy(images.astype(dtype)))
         torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
         theirs = {key: p.grad.numpy() for key, p in net.named_parameters()}
-        variables = from_torchvision(torch_net.state_dict(), arch, head="keep", dtype=dtype)
-        model = create_model(
+        model, variables = load(
+            torch_net.state_dict(),
             arch,
-            num_classes=variables["params"]["fc8"]["bias"].shape[0],
+            head="keep",
             dropout_rate=0.0,
             dtype=getattr(jnp, dtype),
             param_dtype=getattr(jnp, dtype),
@@ -260,92 +255,8 @@ def _forward_ours(
     import jax
 
     x = images.transpose(0, 2, 3, 1)
-    names = configs.activation_names(model.config, model.batch_norm)
+    names = activation_names(model.arch, model.batch_norm)
     if not train_bn:
         return jax.tree.map(np.asarray, model.apply(variables, x, features=names)), {}
     found, updates = model.apply(variables, x, train=True, features=names, mutable=["batch_stats"])
     return jax.tree.map(np.asarray, found), jax.tree.map(np.asarray, updates["batch_stats"])
-
-
-def load_images(folder: str) -> np.ndarray:
-    """Every image in `folder` through torchvision's eval transform, as one NCHW float32 batch."""
-    import torch
-    from PIL import Image
-    from torchvision import transforms
-
-    if not os.path.isdir(folder):
-        raise ValueError(f"--images {folder}: no such folder")
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    transform = transforms.Compose(
-        [
-            transforms.Resize(configs.TORCHVISION_RESIZE),
-            transforms.CenterCrop(configs.CROP_SIZE),
-            transforms.ToTensor(),
-            transforms.Normalize(configs.TORCHVISION_MEAN, configs.TORCHVISION_STD),
-        ]
-    )
-    batch = [transform(Image.open(os.path.join(folder, f)).convert("RGB")) for f in files]
-    return torch.stack(batch).numpy()
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `vgg-flax parity`."""
-    parser = subparsers.add_parser(
-        "parity", help="compare vgg-flax with torchvision layer by layer", description=__doc__
-    )
-    parser.add_argument("arch", choices=list(configs.TORCHVISION_ARCHS))
-    parser.add_argument("--pth", help="weights to compare (default: seeded random weights)")
-    parser.add_argument("--images", help="folder of images (default: random inputs)")
-    parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=2, help="random inputs per run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grad", action="store_true", help="compare loss gradients too")
-    parser.add_argument(
-        "--grad-dtype",
-        choices=("float64", "float32"),
-        default="float64",
-        help="precision of the gradient comparison (see vgg_flax.parity.compare)",
-    )
-    parser.add_argument("--train-bn", action="store_true", help="BatchNorm in training mode")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print the layer-by-layer comparison; exit status 1 if any relative error exceeds 1e-4."""
-    import torch  # before anything that might load TensorFlow
-
-    from vgg_flax.pth import load_pth
-
-    if args.images:
-        images = load_images(args.images)
-    else:
-        generator = torch.Generator().manual_seed(args.seed)
-        images = torch.randn(args.batch, 3, *args.size, generator=generator).numpy()
-    state = load_pth(args.pth) if args.pth else None
-    net = torch_model(args.arch, state, args.seed)
-    report = compare(
-        args.arch,
-        net,
-        images,
-        grad=args.grad,
-        train_bn=args.train_bn,
-        seed=args.seed,
-        grad_dtype=args.grad_dtype,
-    )
-    print(f"{args.arch}: inputs {tuple(images.shape)} (NCHW), float32")
-    sections = [
-        ("activation", report.activations),
-        (f"gradient ({args.grad_dtype})", report.gradients),
-        ("running stat", report.running_stats),
-    ]
-    worst = 0.0
-    for title, rows in sections:
-        if rows:
-            print(f"{title:<32} {'max |diff|':>12} {'relative':>12}")
-        for row in rows:
-            print(f"{row.name:<32} {row.max_abs:12.3e} {row.max_rel:12.3e}")
-            worst = max(worst, row.max_rel)
-    print(f"top-1 agreement: {report.top1_agreement:.1%}")
-    return int(worst > 1e-4)

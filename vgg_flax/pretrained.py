@@ -1,4 +1,4 @@
-"""torchvision's ImageNet weights (PAPER.md section 6): download once, verify, convert.
+"""torchvision's ImageNet weights (`vgg_flax.weights`): download once, verify, convert.
 
 Files are cached in `VGG_FLAX_CACHE` (default `~/.cache/vgg_flax`); a copy already in torch's hub
 cache is used in place. A download goes to a temporary file in the cache folder and is renamed
@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import urllib.request
 from typing import Any
 
 from tqdm import tqdm
 
-from vgg_flax import configs
-from vgg_flax.convert import from_torchvision
-from vgg_flax.model import VGG, create_model
+from vgg_flax import weights
+from vgg_flax.atomic import atomic_write
+from vgg_flax.loader import load
+from vgg_flax.model import VGG
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 _BLOCK = 1 << 20
@@ -59,24 +59,19 @@ def fetch(
     for candidate in (os.path.join(folder, file), os.path.join(torch_hub_dir(), file)):
         if os.path.isfile(candidate) and _sha256(candidate).startswith(prefix):
             return candidate
-    base_url = base_url or os.environ.get("VGG_FLAX_BASE_URL", configs.TORCHVISION_WEIGHTS_URL)
+    base_url = base_url or os.environ.get("VGG_FLAX_BASE_URL", weights.TORCHVISION_WEIGHTS_URL)
     url = base_url.rstrip("/") + "/" + file
     os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{file}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url) as response:
-            digest = _download(response, out, file, progress)
+    target = os.path.join(folder, file)
+    # Raising inside the block leaves nothing in the cache: the file appears only when verified.
+    with atomic_write(target) as out, urllib.request.urlopen(url) as response:
+        digest = _download(response, out, file, progress)
         if not digest.startswith(prefix):
             raise ValueError(
                 f"{url} has SHA-256 {digest[:16]}..., but its name promises {prefix}: the "
                 "download is corrupt or the server holds another file; nothing was cached"
             )
-        target = os.path.join(folder, file)
-        os.replace(temp, target)
-        return target
-    except BaseException:
-        os.unlink(temp)
-        raise
+    return target
 
 
 def pretrained(
@@ -89,19 +84,15 @@ def pretrained(
 ) -> tuple[VGG, dict[str, Any]]:
     """`(model, variables)` with torchvision's ImageNet weights for `name` (e.g. "vgg16_bn").
 
-    `name` is a key of `configs.TORCHVISION_WEIGHTS`; "vgg16_features" is the features-only file
-    (its head is dropped with a warning). Preprocessing: see `configs.TORCHVISION_WEIGHTS[name]`.
+    `name` is a key of `weights.TORCHVISION_WEIGHTS`; "vgg16_features" is the features-only file
+    (its head is dropped with a warning). Preprocessing: see `weights.TORCHVISION_WEIGHTS[name]`.
     """
-    if name not in configs.TORCHVISION_WEIGHTS:
-        known = ", ".join(configs.TORCHVISION_WEIGHTS)
+    if name not in weights.TORCHVISION_WEIGHTS:
+        known = ", ".join(weights.TORCHVISION_WEIGHTS)
         raise ValueError(f"no torchvision weights named {name!r}; choose one of {known}")
-    weights = configs.TORCHVISION_WEIGHTS[name]
-    path = fetch(weights.file, base_url=base_url, cache=cache, progress=progress)
-    variables = from_torchvision(path, weights.arch, head=head)
-    num_classes = (
-        variables["params"]["fc8"]["bias"].shape[0] if "fc8" in variables["params"] else 1000
-    )
-    return create_model(weights.arch, num_classes=num_classes), variables
+    entry = weights.TORCHVISION_WEIGHTS[name]
+    path = fetch(entry.file, base_url=base_url, cache=cache, progress=progress)
+    return load(path, entry.arch, head=head)
 
 
 def _download(response: Any, out: Any, label: str, progress: bool) -> str:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import common
-from vgg_flax import configs
+from vgg_flax.train import recipe
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     """The C, S=[256,512] config; mode "local" is a two-step run on the digits."""
     config = common.paper_config(
         "C",
-        scale_range=configs.TRAIN_SCALE_JITTER,
-        learning_rate=configs.TRAIN_FINETUNE_LEARNING_RATE,
+        scale_range=recipe.SCALE_JITTER,
+        learning_rate=recipe.FINETUNE_LEARNING_RATE,
         init_from="runs/c_384/model",
     )
     return common.get(config, mode)

@@ -8,48 +8,52 @@ from __future__ import annotations
 
 import ml_collections
 
-from vgg_flax import configs
+from vgg_flax import preprocessing
+from vgg_flax.train import recipe
 
 
 def paper_config(
-    model: str,
+    arch: str,
     *,
-    scale: int = configs.TRAIN_SCALE,
+    scale: int = preprocessing.TRAIN_SCALE,
     scale_range: tuple[int, int] | None = None,
-    learning_rate: float = configs.TRAIN_LEARNING_RATE,
+    learning_rate: float = recipe.LEARNING_RATE,
     init_from: str = "",
 ) -> ml_collections.ConfigDict:
-    """A config that trains `model` on ImageNet at training scale S=`scale` (or jittered)."""
+    """A config that trains VGG `arch` on ImageNet at training scale S=`scale` (or jittered)."""
     config = ml_collections.ConfigDict()
-    config.model = model
+    config.arch = arch  # Table 1's name, or a layer list (see vgg_flax.arch)
     config.batch_norm = False
+    config.width = 1.0  # conv channel multiplier (e.g. 0.125 for a narrow net)
+    config.head_width = 4096  # outputs of fc6 and fc7
+    config.pooling = "max"  # or "avg"
     config.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
-    config.dropout = configs.TRAIN_DROPOUT
+    config.dropout = recipe.DROPOUT
     config.init = "paper"  # "paper" N(0, init_std), "glorot", "torchvision"
     config.init_std = 0.01
     config.init_from = init_from  # a vgg-flax checkpoint directory (e.g. a run's model/)
     config.init_skip = ()  # target layers not to copy (e.g. ("fc8",) for other classes)
     config.seed = 0
 
-    config.batch_size = configs.TRAIN_BATCH_SIZE  # global, whatever the number of devices
-    config.eval_batch_size = configs.TRAIN_BATCH_SIZE
+    config.batch_size = recipe.BATCH_SIZE  # global, whatever the number of devices
+    config.eval_batch_size = recipe.BATCH_SIZE
     config.eval_batches = 0  # 0: the whole evaluation split
-    config.num_epochs = configs.TRAIN_EPOCHS
+    config.num_epochs = recipe.EPOCHS
     config.total_steps = 0  # 0: num_epochs of the training split
     config.eval_every_steps = 0  # 0: once per epoch
     config.log_every_steps = 50
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = learning_rate
-    config.optim.momentum = configs.TRAIN_MOMENTUM
-    config.optim.weight_decay = configs.TRAIN_WEIGHT_DECAY
+    config.optim.momentum = recipe.MOMENTUM
+    config.optim.weight_decay = recipe.WEIGHT_DECAY
     config.optim.l2_mask = "kernels"  # "kernels" (weights only) or "all"
     config.optim.schedule = "plateau"  # "plateau", "step" (torchvision's) or "constant"
     config.optim.patience = 2  # evaluations without a better val accuracy before a drop
     config.optim.min_delta = 0.0
-    config.optim.factor = configs.TRAIN_LR_FACTOR
-    config.optim.max_drops = configs.TRAIN_LR_MAX_DROPS
-    config.optim.step_epochs = configs.TORCHVISION_RECIPE["step_epochs"]  # "step" schedule only
+    config.optim.factor = recipe.LR_FACTOR
+    config.optim.max_drops = recipe.LR_MAX_DROPS
+    config.optim.step_epochs = recipe.TORCHVISION_STEP_EPOCHS  # "step" schedule only
     config.optim.warmup_steps = 0
 
     config.checkpoint = ml_collections.ConfigDict()

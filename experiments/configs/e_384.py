@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import common
-from vgg_flax import configs
+from vgg_flax.train import recipe
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
@@ -19,7 +19,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config = common.paper_config(
         "E",
         scale=384,
-        learning_rate=configs.TRAIN_FINETUNE_LEARNING_RATE,
+        learning_rate=recipe.FINETUNE_LEARNING_RATE,
         init_from="runs/e_256/model",
     )
     return common.get(config, mode)

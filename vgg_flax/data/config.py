@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vgg_flax import configs
+from vgg_flax import preprocessing
 
 NORMALIZE_MODES = ("mean_rgb", "torchvision", "caffe")
 CORRUPT_MODES = ("error", "skip")
@@ -32,17 +32,17 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
         split="train",  # training split
         eval_split="test" if digits else "validation",
         image_size=size,  # digits render size
-        crop_size=size if digits else configs.CROP_SIZE,
-        scale=size if digits else configs.TRAIN_SCALE,  # fixed S (smaller side)
+        crop_size=size if digits else preprocessing.CROP_SIZE,
+        scale=size if digits else preprocessing.TRAIN_SCALE,  # fixed S (smaller side)
         scale_range=None,  # (Smin, Smax): scale jittering, overrides `scale`
         random_crop=True,  # False: centre crop (augmentation off)
         flip=not digits,
-        pca_lighting=0.0 if digits else configs.PCA_LIGHTING_STD,  # std of alpha; 0 disables
-        pca_eigval=None,  # None: ImageNet's (configs.IMAGENET_PCA_EIGVAL)
+        pca_lighting=0.0 if digits else preprocessing.PCA_LIGHTING_STD,  # std of alpha; 0 disables
+        pca_eigval=None,  # None: ImageNet's (preprocessing.IMAGENET_PCA_EIGVAL)
         pca_eigvec=None,  # columns are eigenvectors; None: ImageNet's
         normalize="mean_rgb",
         mean_rgb=None,  # 0-255 RGB; None: the digits' own mean, else ImageNet's mean pixel
-        eval_scale=size if digits else configs.TORCHVISION_RESIZE,  # Q of the centre protocol
+        eval_scale=size if digits else preprocessing.TORCHVISION_RESIZE,  # Q of the centre protocol
         shuffle_buffer=10_000,
         on_corrupt="error",  # "skip": drop undecodable images and count them
         prefetch=2,  # batches prepared ahead
@@ -63,8 +63,10 @@ def resolve(data_config: Mapping[str, Any] | ml_collections.ConfigDict | None) -
     if cfg["mean_rgb"] is None:
         cfg["mean_rgb"] = _default_mean(cfg)
     cfg["mean_rgb"] = tuple(float(v) for v in cfg["mean_rgb"])
-    cfg["pca_eigval"] = tuple(cfg["pca_eigval"] or configs.IMAGENET_PCA_EIGVAL)
-    cfg["pca_eigvec"] = tuple(tuple(r) for r in (cfg["pca_eigvec"] or configs.IMAGENET_PCA_EIGVEC))
+    cfg["pca_eigval"] = tuple(cfg["pca_eigval"] or preprocessing.IMAGENET_PCA_EIGVAL)
+    cfg["pca_eigvec"] = tuple(
+        tuple(r) for r in (cfg["pca_eigvec"] or preprocessing.IMAGENET_PCA_EIGVEC)
+    )
     return cfg
 
 
@@ -99,4 +101,4 @@ def _default_mean(cfg: dict[str, Any]) -> tuple[float, ...]:
 
         images = digits_arrays(cfg["image_size"])["train"][0]
         return tuple(np.mean(images, axis=(0, 1, 2), dtype=np.float64))
-    return configs.IMAGENET_MEAN_RGB
+    return preprocessing.IMAGENET_MEAN_RGB

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from vgg_flax import configs
+from vgg_flax import preprocessing
 
 # libjpeg's accurate integer DCT decodes exactly as PIL (and so torchvision) does; TensorFlow's
 # default (the fast DCT) differs by up to 6 levels.
@@ -171,8 +171,8 @@ def pca_lighting(
     image: tf.Tensor,
     seed: tf.Tensor,
     std: float,
-    eigval: Sequence[float] = configs.IMAGENET_PCA_EIGVAL,
-    eigvec: Sequence[Sequence[float]] = configs.IMAGENET_PCA_EIGVEC,
+    eigval: Sequence[float] = preprocessing.IMAGENET_PCA_EIGVAL,
+    eigvec: Sequence[Sequence[float]] = preprocessing.IMAGENET_PCA_EIGVEC,
 ) -> tf.Tensor:
     """AlexNet's colour shift: add V (alpha * lambda), alpha ~ N(0, std), per image.
 
@@ -189,8 +189,8 @@ def normalize(image: tf.Tensor, mode: str, mean_rgb: Sequence[float]) -> tf.Tens
     if mode == "mean_rgb":
         return image - tf.constant(mean_rgb, tf.float32)
     if mode == "torchvision":
-        mean = tf.constant(configs.TORCHVISION_MEAN, tf.float32)
-        return (image / 255.0 - mean) / tf.constant(configs.TORCHVISION_STD, tf.float32)
+        mean = tf.constant(preprocessing.TORCHVISION_MEAN, tf.float32)
+        return (image / 255.0 - mean) / tf.constant(preprocessing.TORCHVISION_STD, tf.float32)
     if mode == "caffe":
-        return image[..., ::-1] - tf.constant(configs.CAFFE_MEAN_BGR, tf.float32)
+        return image[..., ::-1] - tf.constant(preprocessing.CAFFE_MEAN_BGR, tf.float32)
     raise ValueError(f"normalize={mode!r}: use 'mean_rgb', 'torchvision' or 'caffe'")

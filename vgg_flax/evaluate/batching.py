@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_flax import configs
+from vgg_flax import arch
 
 
 def check_dense_size(height: int, width: int) -> None:
     """Raise ValueError when an image is too small for dense evaluation (under 224 on a side)."""
-    least = configs.MIN_DENSE_SIZE
+    least = arch.MIN_DENSE_SIZE
     if height < least or width < least:
         raise ValueError(
             f"an image of {height}x{width} cannot be evaluated densely: fc6's 7x7 window needs "
@@ -32,12 +32,12 @@ def check_dense_size(height: int, width: int) -> None:
         )
 
 
-def padded_shape(height: int, width: int, align: int = configs.NETWORK_STRIDE) -> tuple[int, int]:
+def padded_shape(height: int, width: int, align: int = arch.NETWORK_STRIDE) -> tuple[int, int]:
     """The padded (height, width) an image joins: each side rounded up to a multiple of align."""
-    if align < 1 or align % configs.NETWORK_STRIDE:
+    if align < 1 or align % arch.NETWORK_STRIDE:
         raise ValueError(
             f"align={align} must be a positive multiple of the network stride "
-            f"{configs.NETWORK_STRIDE}, so that padding never shifts a pooling window"
+            f"{arch.NETWORK_STRIDE}, so that padding never shifts a pooling window"
         )
     return (math.ceil(height / align) * align, math.ceil(width / align) * align)
 
@@ -48,12 +48,12 @@ def batch_rows(shape: tuple[int, int], batch_size: int) -> int:
     Keeping pixels per batch about constant bounds memory for the largest images; the result
     depends on the shape alone, so each shape compiles once.
     """
-    pixels = configs.MIN_DENSE_SIZE**2 * batch_size
+    pixels = arch.MIN_DENSE_SIZE**2 * batch_size
     return max(1, min(batch_size, pixels // (shape[0] * shape[1])))
 
 
 def count_shapes(
-    sizes: Iterable[tuple[int, int]], scale_q: int, align: int = configs.NETWORK_STRIDE
+    sizes: Iterable[tuple[int, int]], scale_q: int, align: int = arch.NETWORK_STRIDE
 ) -> int:
     """How many padded shapes images of the given (height, width) fill when rescaled to Q.
 
@@ -80,10 +80,10 @@ class Batch:
 class ShapeBatcher:
     """Groups images into padded batches by padded shape; `add` and `flush` return full batches."""
 
-    def __init__(self, batch_size: int = 8, align: int = configs.NETWORK_STRIDE):
+    def __init__(self, batch_size: int = 8, align: int = arch.NETWORK_STRIDE):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        padded_shape(configs.MIN_DENSE_SIZE, configs.MIN_DENSE_SIZE, align)  # validates align
+        padded_shape(arch.MIN_DENSE_SIZE, arch.MIN_DENSE_SIZE, align)  # validates align
         self.batch_size = batch_size
         self.align = align
         self._pending: dict[tuple[int, int], list[tuple[Hashable, np.ndarray]]] = {}

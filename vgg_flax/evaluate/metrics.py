@@ -3,20 +3,39 @@
 Ties are broken deterministically by class index: among classes with equal scores, the lower
 index ranks first. So the true class is in the top k exactly when fewer than k classes score
 strictly higher than it, or equally with a lower index (what a stable descending sort gives).
+`label_ranks` is that one rule, for NumPy arrays on the host and for JAX arrays inside the jitted
+training-time evaluation alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
-def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's true class under the tie rule above: (N, C), (N,) -> (N,)."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels)
+def label_ranks(scores: np.ndarray | jax.Array, labels: np.ndarray | jax.Array) -> Any:
+    """0-based rank of each row's true class under the tie rule above: (N, C), (N,) -> (N,).
+
+    JAX arrays (also traced ones) give a JAX array; anything else is checked (`check_scores`)
+    and computed in NumPy.
+    """
+    if isinstance(scores, jax.Array) or isinstance(labels, jax.Array):
+        xp = jnp
+    else:
+        xp, scores, labels = np, np.asarray(scores), np.asarray(labels)
+        check_scores(scores, labels)
+    own = xp.take_along_axis(scores, labels[:, None], axis=1)
+    before = xp.arange(scores.shape[1])[None, :] < labels[:, None]
+    return xp.sum((scores > own) | ((scores == own) & before), axis=1)
+
+
+def check_scores(scores: np.ndarray, labels: np.ndarray) -> None:
+    """Refuse host scores and labels whose ranks are undefined (shapes, range, NaN)."""
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(
             f"expected scores (N, classes) and labels (N,), got {scores.shape} and {labels.shape}"
@@ -27,9 +46,6 @@ def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         )
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN; a rank is undefined (check the model's input)")
-    own = np.take_along_axis(scores, labels[:, None], axis=1)
-    before = np.arange(scores.shape[1])[None, :] < labels[:, None]
-    return np.sum((scores > own) | ((scores == own) & before), axis=1)
 
 
 @dataclass(frozen=True)
@@ -44,7 +60,7 @@ class TopKCounts:
         self, scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None
     ) -> TopKCounts:
         """Counts with one more batch; `mask` (N,) bool marks real rows (False: filler)."""
-        ranks = label_ranks(scores, labels)
+        ranks = label_ranks(np.asarray(scores), np.asarray(labels))
         keep = np.ones(len(ranks), bool) if mask is None else np.asarray(mask, bool)
         if keep.shape != ranks.shape:
             raise ValueError(f"mask shape {keep.shape} does not match {len(ranks)} rows")

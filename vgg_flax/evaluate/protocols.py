@@ -1,4 +1,4 @@
-"""The paper's test protocols (section 3.2, PAPER.md section 4) and torchvision's center crop.
+"""The paper's test protocols (section 3.2; docs/paper.md, Testing) and torchvision's center crop.
 
 Every protocol turns an example into weighted views, each scored by dense evaluation (a 224x224
 view has a 1x1 score map, so dense scores equal the classifier's logits there). An example's
@@ -19,11 +19,11 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from vgg_flax import configs
+from vgg_flax import arch
 from vgg_flax.evaluate.batching import Scorer, ShapeBatcher, check_dense_size
 
 PROTOCOLS = ("dense", "multicrop", "dense+multicrop", "center")
-CROP = configs.MIN_DENSE_SIZE  # 224
+CROP = arch.MIN_DENSE_SIZE  # 224
 GRID = 5
 
 
@@ -76,7 +76,7 @@ def evaluate(
     *,
     flips: bool = True,
     batch_size: int = 8,
-    align: int = configs.NETWORK_STRIDE,
+    align: int = arch.NETWORK_STRIDE,
 ) -> Iterator[tuple[Hashable, np.ndarray]]:
     """Yield (key, posterior) per example, as soon as all its views are scored (any order).
 

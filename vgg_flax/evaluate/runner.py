@@ -12,47 +12,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from vgg_flax import configs
+from vgg_flax import preprocessing
+from vgg_flax.arch import NETWORK_STRIDE
 from vgg_flax.evaluate.batching import Scorer
 from vgg_flax.evaluate.metrics import TopKCounts
 from vgg_flax.evaluate.protocols import PROTOCOLS, evaluate
 
 
-def arch_from_filename(path: str | os.PathLike) -> str:
-    """torchvision's arch from a weight file's name, e.g. "vgg16-397923af.pth" -> "vgg16"."""
-    stem = os.path.basename(os.fspath(path)).split("-")[0].removesuffix(".pth")
-    if stem not in configs.TORCHVISION_ARCHS:
-        raise ValueError(
-            f"cannot tell the architecture of {path!r} from its name; pass --arch (one of "
-            f"{', '.join(configs.TORCHVISION_ARCHS)})"
-        )
-    return stem
-
-
 def load_network(path: str | os.PathLike, arch: str | None = None) -> Scorer:
     """A scorer for a vgg-flax checkpoint directory or a torchvision `.pth` file.
 
-    `arch` names a `.pth` file's architecture (default: read from torchvision's file name).
+    `arch` names a `.pth` file's architecture (default: inferred from its tensors' shapes).
     """
-    from vgg_flax import checkpoint, convert
-    from vgg_flax.model import create_model
+    from vgg_flax.loader import load
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        model, variables = checkpoint.load(path)
-    elif os.path.isfile(path) and path.endswith(".pth"):
-        arch = arch or arch_from_filename(path)
-        variables = convert.from_torchvision(path, arch, head="keep")
-        num_classes = variables["params"]["fc8"]["kernel"].shape[-1]
-        model = create_model(arch, num_classes=num_classes)
-    else:
-        raise ValueError(
-            f"{path!r} is neither a vgg-flax checkpoint directory nor a torchvision .pth file"
-        )
-    return Scorer(model, jax.tree.map(jax.numpy.asarray, variables))
+    return Scorer(*load(path, arch, head="keep"))
 
 
 def dataset_examples(
@@ -76,7 +52,7 @@ def dataset_examples(
             data.eval_images(
                 data_config,
                 scale_q=scales[0],
-                center_crop=configs.CROP_SIZE,
+                center_crop=preprocessing.CROP_SIZE,
                 split=split,
                 host=0,
                 hosts=1,
@@ -112,7 +88,7 @@ def evaluate_dataset(
     split: str | None = None,
     limit: int | None = None,
     batch_size: int = 8,
-    align: int = configs.NETWORK_STRIDE,
+    align: int = NETWORK_STRIDE,
     progress: Callable[[Iterator, int], Iterator] | None = None,
     posteriors: dict[int, tuple[int, np.ndarray]] | None = None,
 ) -> dict[str, Any]:

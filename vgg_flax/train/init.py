@@ -2,7 +2,7 @@
 
 Fresh weights come from the model's own `weight_init` ("paper", "glorot", "torchvision"). A
 deeper net can start from a trained A (section 3.1): the layers of
-`configs.WARM_START_LAYERS` are copied, the rest stay random. A net of the same configuration
+`recipe.WARM_START_LAYERS` are copied, the rest stay random. A net of the same architecture
 (S=384 from S=256, jitter fine-tuning, a converted torchvision model) copies every layer.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import configs
+from vgg_flax import arch
+from vgg_flax.train import recipe
 
 
 def init_variables(model: Any, key: jax.Array, image_size: int) -> dict[str, Any]:
@@ -30,20 +31,22 @@ def _jitted_init(model: Any) -> Any:
     return jax.jit(functools.partial(model.init, train=False))
 
 
-def warm_start_layers(source_config: str, target_config: str) -> dict[str, str]:
-    """Which layers to copy from a trained `source_config` net into a `target_config` net.
+def warm_start_layers(source_arch: Any, target_arch: Any) -> dict[str, str]:
+    """Which layers to copy from a trained `source_arch` net into a `target_arch` net.
 
-    The same configuration copies every layer; A into a deeper net uses the paper's mapping.
+    Each is a Table 1 name or a layer list. The same layer list copies every layer; A into a
+    deeper net uses the paper's mapping.
     """
-    source, target = configs.resolve(source_config)[0], configs.resolve(target_config)[0]
+    source, target = arch.layer_list(source_arch), arch.layer_list(target_arch)
     if source == target:
-        names = [layer.name for layer in configs.layers(source) if layer.kind == "conv"]
+        names = [layer.name for layer in arch.layers(source) if layer.kind == "conv"]
         return {name: name for name in [*names, "fc6", "fc7", "fc8"]}
-    if source == "A":
-        return dict(configs.WARM_START_LAYERS)
+    if source == arch.ARCHS["A"]:
+        return dict(recipe.WARM_START_LAYERS)
     raise ValueError(
-        f"cannot start a {target} net from a trained {source}: only the same configuration or "
-        "a trained A (the paper's warm start) is supported"
+        f"cannot start a {arch.arch_label(target_arch)} net from a trained "
+        f"{arch.arch_label(source_arch)}: only the same architecture or a trained A (the "
+        "paper's warm start) is supported"
     )
 
 
@@ -71,7 +74,7 @@ def copy_layers(
             if src not in source.get(collection, {}):
                 raise ValueError(
                     f"the checkpoint has no layer {src!r} in {collection!r}; is it a VGG-A "
-                    "or a net of the same configuration?"
+                    "or a net of the same architecture?"
                 )
             tree[dst] = _checked_copy(source[collection][src], tree[dst], f"{collection}/{dst}")
     return out

@@ -1,28 +1,25 @@
-"""The optimiser of section 3.1: SGD with momentum, an L2 term, and the learning-rate schedules.
+"""The optimiser of section 3.1, built once from optax's pieces: SGD with momentum, the L2 term,
+the learning-rate schedules and the plateau rule.
 
-Everything here is a pure function of plain values, so the schedule state can be saved as JSON
-and each rule tested exactly.
+`make_optimizer` chains PyTorch-style heavy-ball momentum (`optax.trace`), the scheduled rate
+(`optax.inject_hyperparams`, so the state records the rate of every step) and the plateau rule's
+scale. The plateau rule moves only when the trainer records an evaluation (`record_evaluation`);
+its state counts the drops. `optax.contrib.reduce_on_plateau` is not used: it moves its state on
+every update with that update's value, and keeps only the resulting scale, not the drops.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vgg_flax import configs
+from vgg_flax.train import recipe
 
 L2_MASKS = ("kernels", "all")
 SCHEDULES = ("plateau", "step", "constant")
-
-
-def sgd(momentum: float = configs.TRAIN_MOMENTUM) -> optax.GradientTransformation:
-    """Heavy-ball momentum as in PyTorch's SGD: v <- m v + g. The step scales v by -lr itself."""
-    return optax.trace(decay=momentum)
 
 
 def l2_mask(params: Any, which: str = "kernels") -> Any:
@@ -49,76 +46,123 @@ def l2_penalty(params: Any, mask: Any, weight_decay: float) -> jax.Array:
     return 0.5 * weight_decay * sum(leaves, jnp.float32(0.0))
 
 
-@dataclasses.dataclass(frozen=True)
-class Plateau:
-    """State of the plateau rule: best validation accuracy, evaluations since it, drops so far."""
+class PlateauState(NamedTuple):
+    """The plateau rule: best validation accuracy, evaluations since it, drops, current scale."""
 
-    best: float = -math.inf
-    since_best: int = 0
-    drops: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict (the best accuracy as a string when it is -inf)."""
-        return {"best": repr(self.best), "since_best": self.since_best, "drops": self.drops}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plateau:
-        """Inverse of `to_json`."""
-        return cls(float(data["best"]), int(data["since_best"]), int(data["drops"]))
+    best: jax.Array
+    since_best: jax.Array
+    drops: jax.Array
+    scale: jax.Array
 
 
-def plateau_update(
-    state: Plateau,
-    accuracy: float,
+def plateau_scale() -> optax.GradientTransformation:
+    """Scale updates by the plateau state's `scale`; the state moves in `record_evaluation`."""
+
+    def init(params: Any) -> PlateauState:
+        del params
+        return PlateauState(
+            best=jnp.array(-jnp.inf, jnp.float32),
+            since_best=jnp.zeros((), jnp.int32),
+            drops=jnp.zeros((), jnp.int32),
+            scale=jnp.ones((), jnp.float32),
+        )
+
+    def update(updates: Any, state: PlateauState, params: Any = None) -> tuple[Any, PlateauState]:
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def step_drops(step: Any, step_every: int) -> Any:
+    """How many times the "step" schedule has divided the rate by step `step` (0-based)."""
+    return step // step_every
+
+
+def schedule(
+    name: str,
+    *,
+    base: float,
+    factor: float = recipe.LR_FACTOR,
+    step_every: int = 0,
+    warmup_steps: int = 0,
+) -> optax.Schedule:
+    """The scheduled rate as a function of the step (0-based); the plateau scale comes on top.
+
+    plateau and constant: base; step: base * factor ** (step // step_every) (torchvision's
+    StepLR, `step_every` in steps). A linear warm-up from base / warmup_steps to the scheduled
+    rate covers the first `warmup_steps` steps of any schedule.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if name == "step" and step_every < 1:
+        raise ValueError(f"the step schedule needs step_every >= 1 steps, got {step_every}")
+
+    def rate(count: jax.Array) -> jax.Array:
+        value = jnp.asarray(base, jnp.float32)
+        if name == "step":
+            value = value * jnp.asarray(factor, jnp.float32) ** step_drops(count, step_every)
+        if warmup_steps:
+            value = value * jnp.minimum(1.0, (count + 1) / warmup_steps).astype(jnp.float32)
+        return value
+
+    return rate
+
+
+def make_optimizer(
+    rate: optax.Schedule, *, momentum: float = recipe.MOMENTUM
+) -> optax.GradientTransformation:
+    """SGD as in PyTorch (v <- m v + g; w <- w - lr v) at `rate(step)` times the plateau scale."""
+    return optax.chain(
+        optax.trace(decay=momentum),
+        optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=rate),
+        plateau_scale(),
+    )
+
+
+# Positions in `make_optimizer`'s chain state.
+_RATE, _PLATEAU = 1, 2
+
+
+def plateau(opt_state: tuple) -> PlateauState:
+    """The plateau rule's state inside `make_optimizer`'s state."""
+    return opt_state[_PLATEAU]
+
+
+def learning_rate(opt_state: tuple) -> jax.Array:
+    """The learning rate of the last update (the scheduled rate times the plateau scale)."""
+    return opt_state[_RATE].hyperparams["learning_rate"] * plateau(opt_state).scale
+
+
+def record_evaluation(
+    opt_state: tuple,
+    accuracy: Any,
     *,
     patience: int,
-    max_drops: int = configs.TRAIN_LR_MAX_DROPS,
+    factor: float = recipe.LR_FACTOR,
+    max_drops: int = recipe.LR_MAX_DROPS,
     min_delta: float = 0.0,
-) -> Plateau:
-    """Feed one validation accuracy; drop once `patience` evaluations in a row bring no gain.
+) -> tuple:
+    """Feed one validation accuracy to the plateau rule; returns the new optimiser state.
 
-    An accuracy counts as a gain when it beats the best so far by more than `min_delta`. After a
-    drop the count starts again; no drop happens beyond `max_drops`.
+    An accuracy counts as a gain when it beats the best so far by more than `min_delta`; once
+    `patience` evaluations in a row bring no gain, the rate is multiplied by `factor` and the
+    count starts again; no drop happens beyond `max_drops`.
     """
     if patience < 1:
         raise ValueError(f"patience must be at least 1 evaluation, got {patience}")
-    if accuracy > state.best + min_delta:
-        return Plateau(best=accuracy, since_best=0, drops=state.drops)
-    since = state.since_best + 1
-    if since >= patience and state.drops < max_drops:
-        return Plateau(best=state.best, since_best=0, drops=state.drops + 1)
-    return Plateau(best=state.best, since_best=since, drops=state.drops)
-
-
-def learning_rate(
-    step: int,
-    *,
-    schedule: str,
-    base: float,
-    factor: float = configs.TRAIN_LR_FACTOR,
-    plateau: Plateau | None = None,
-    step_every: int = 0,
-    warmup_steps: int = 0,
-) -> float:
-    """The learning rate for training step `step` (0-based).
-
-    plateau: base * factor ** drops; step: base * factor ** (step // step_every) (torchvision's
-    StepLR, `step_every` in steps); constant: base. A linear warm-up from base / warmup_steps to
-    the scheduled rate covers the first `warmup_steps` steps of any schedule.
-    """
-    if schedule == "plateau":
-        rate = base * factor ** (plateau or Plateau()).drops
-    elif schedule == "step":
-        if step_every < 1:
-            raise ValueError(f"the step schedule needs step_every >= 1 steps, got {step_every}")
-        rate = base * factor ** (step // step_every)
-    elif schedule == "constant":
-        rate = base
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if step < warmup_steps:
-        rate *= (step + 1) / warmup_steps
-    return rate
+    old = plateau(opt_state)
+    accuracy = jnp.asarray(accuracy, jnp.float32)
+    gain = accuracy > old.best + min_delta
+    since = jnp.where(gain, 0, old.since_best + 1)
+    drop = ~gain & (since >= patience) & (old.drops < max_drops)
+    new = PlateauState(
+        best=jnp.where(gain, accuracy, old.best),
+        since_best=jnp.where(drop, 0, since).astype(jnp.int32),
+        drops=(old.drops + drop).astype(jnp.int32),
+        scale=jnp.where(drop, old.scale * jnp.float32(factor), old.scale),
+    )
+    return (*opt_state[:_PLATEAU], new, *opt_state[_PLATEAU + 1 :])
 
 
 def _leaf_name(path: tuple) -> str:

@@ -18,19 +18,18 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from vgg_flax.evaluate.metrics import label_ranks
 from vgg_flax.parallel import batch_sharding, replicated
 from vgg_flax.train import optim
-from vgg_flax.train.optim import l2_penalty, sgd
 from vgg_flax.xla_options import compiler_options
 
 State = dict[str, Any]
 
 
 def create_state(
-    variables: dict[str, Any], key: jax.Array, mesh: Mesh, *, momentum: float
+    variables: dict[str, Any], key: jax.Array, mesh: Mesh, tx: optax.GradientTransformation
 ) -> State:
-    """The initial training state, every leaf replicated over `mesh`."""
-    tx = sgd(momentum)
+    """The initial training state for optimiser `tx`, every leaf replicated over `mesh`."""
 
     def build(variables: dict[str, Any], key: jax.Array) -> State:
         return {
@@ -56,22 +55,21 @@ def model_variables(state: State) -> dict[str, Any]:
 def make_train_step(
     model: Any,
     mesh: Mesh,
+    tx: optax.GradientTransformation,
     *,
-    momentum: float,
     weight_decay: float,
     l2_mask: str,
-) -> Callable[[State, dict[str, jax.Array], jax.Array], tuple[State, dict[str, jax.Array]]]:
-    """`step(state, batch, learning_rate) -> (state, metrics)`, jitted; donates `state`.
+) -> Callable[[State, dict[str, jax.Array]], tuple[State, dict[str, jax.Array]]]:
+    """`step(state, batch) -> (state, metrics)`, jitted; donates `state`.
 
-    SGD with `momentum`; loss: mean cross-entropy over the global batch plus the L2 term on the
-    parameters `optim.l2_mask(params, l2_mask)` selects.
+    Optimiser `tx` (`optim.make_optimizer`); loss: mean cross-entropy over the global batch plus
+    the L2 term on the parameters `optim.l2_mask(params, l2_mask)` selects.
     Dropout draws from fold_in(base key, step), so a resumed run draws the same masks. The
-    metric "params_finite" says whether every updated parameter is finite.
+    metric "params_finite" says whether every updated parameter is finite; "learning_rate" is
+    the rate this step used.
     """
 
-    tx = sgd(momentum)
-
-    def train_step(state: State, batch: dict[str, jax.Array], lr: jax.Array):
+    def train_step(state: State, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
         def loss_fn(params: Any):
@@ -85,13 +83,13 @@ def make_train_step(
             )
             logits = logits.astype(jnp.float32)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            l2 = l2_penalty(params, optim.l2_mask(params, l2_mask), weight_decay)
+            l2 = optim.l2_penalty(params, optim.l2_mask(params, l2_mask), weight_decay)
             return ce + l2, (ce, l2, logits, updates.get("batch_stats", {}))
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (ce, l2, logits, batch_stats)), grads = grad_fn(state["params"])
-        direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, d: p - lr.astype(p.dtype) * d, state["params"], direction)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
         new_state = {
             "step": state["step"] + 1,
             "params": params,
@@ -103,7 +101,8 @@ def make_train_step(
             "loss": loss,
             "cross_entropy": ce,
             "l2": l2,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": jnp.mean(label_ranks(logits, batch["label"]) == 0),
+            "learning_rate": optim.learning_rate(opt_state),
             # The loss only sees the old parameters: check the new ones before they are saved.
             "params_finite": jnp.all(
                 jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
@@ -114,7 +113,7 @@ def make_train_step(
     rep = replicated(mesh)
     return jax.jit(
         train_step,
-        in_shardings=(rep, batch_sharding(mesh), rep),
+        in_shardings=(rep, batch_sharding(mesh)),
         out_shardings=(rep, rep),
         donate_argnums=0,
         compiler_options=compiler_options(),
@@ -133,10 +132,10 @@ def make_eval_step(
         mask = batch["mask"].astype(jnp.float32)
         labels = batch["label"]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        ranks = label_ranks(logits, labels)
         return {
-            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+            "correct": jnp.sum((ranks < 1) * mask),
+            "correct_top5": jnp.sum((ranks < 5) * mask),
             "loss": jnp.sum(ce * mask),
             "count": jnp.sum(mask),
         }

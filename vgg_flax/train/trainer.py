@@ -24,9 +24,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vgg_flax import checkpoint
-from vgg_flax.model import create_model
-from vgg_flax.parallel import make_mesh
+from vgg_flax import checkpoint, loader
+from vgg_flax.arch import arch_label
+from vgg_flax.model import architecture, create_model
+from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
 from vgg_flax.train import optim
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
@@ -106,7 +107,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     """Train `config` (an ml_collections ConfigDict) in `workdir`; returns the run's summary.
 
     Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves there
-    the checkpoints, `model/` (the final weights for `checkpoint.load`), metrics.jsonl, TensorBoard
+    the checkpoints, `model/` (the final weights for `vgg_flax.load`), metrics.jsonl, TensorBoard
     events under tb/, metrics.png and summary.json.
     """
     from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
@@ -131,43 +132,51 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     # ----- Model and optimiser --------------------------------------------------------------
     model = create_model(
-        config.model,
+        config.arch,
         batch_norm=config.batch_norm,
+        width=config.width,
+        head_width=config.head_width,
+        pooling=config.pooling,
         num_classes=num_classes,
         dropout_rate=config.dropout,
         weight_init=config.init,
         init_std=config.init_std,
         dtype=DTYPES[config.dtype],
     )
-    identity = {
-        "arch": model.config,
-        "batch_norm": model.batch_norm,
-        "num_classes": num_classes,
-    }
+    identity = architecture(model)
+    step_every = round(config.optim.step_epochs * steps_per_epoch)
+    tx = optim.make_optimizer(
+        optim.schedule(
+            config.optim.schedule,
+            base=config.optim.learning_rate,
+            factor=config.optim.factor,
+            step_every=step_every,
+            warmup_steps=config.optim.warmup_steps,
+        ),
+        momentum=config.optim.momentum,
+    )
 
     # ----- Initial state: fresh, or weights from a trained net ------------------------------
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     variables = init_variables(model, init_key, data_config.crop_size)
     if config.init_from:
-        variables = start_from(variables, model.config, config.init_from, config.init_skip)
-    state = create_state(variables, dropout_key, mesh, momentum=config.optim.momentum)
+        variables = start_from(variables, model.arch, config.init_from, config.init_skip)
+    state = create_state(variables, dropout_key, mesh, tx)
     del variables
 
     # ----- Checkpoints: resume where a previous run stopped --------------------------------
     manager = checkpoint.training_manager(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
-    plateau = optim.Plateau()
     restored = checkpoint.restore_training(manager, state, identity)
     if restored is not None:
         state, meta = restored
-        plateau = optim.Plateau.from_json(meta["plateau"])
         train_iter.set_state(meta["data"])
         _say(f"resumed from step {int(state['step'])} of {manager.directory}")
     step = int(state["step"])
 
     def save() -> None:
-        meta = {**identity, "step": step, "plateau": plateau.to_json()}
+        meta = {**identity, "step": step}
         meta["data"] = train_iter.get_state()
         checkpoint.save_training(manager, step, state, meta)
 
@@ -175,22 +184,23 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     train_step = make_train_step(
         model,
         mesh,
-        momentum=config.optim.momentum,
+        tx,
         weight_decay=config.optim.weight_decay,
         l2_mask=config.optim.l2_mask,
     )
     eval_step = make_eval_step(model, mesh)
-
-    def lr_at(step: int) -> float:
-        return optim.learning_rate(
-            step,
-            schedule=config.optim.schedule,
-            base=config.optim.learning_rate,
+    # Only the "plateau" schedule reads the plateau rule's drops; the others ignore evaluations.
+    record_evaluation = jax.jit(
+        lambda opt_state, accuracy: optim.record_evaluation(
+            opt_state,
+            accuracy,
+            patience=config.optim.patience,
             factor=config.optim.factor,
-            plateau=plateau,
-            step_every=round(config.optim.step_epochs * steps_per_epoch),
-            warmup_steps=config.optim.warmup_steps,
-        )
+            max_drops=config.optim.max_drops if config.optim.schedule == "plateau" else 0,
+            min_delta=config.optim.min_delta,
+        ),
+        out_shardings=replicated(mesh),
+    )
 
     # ----- Evaluation -----------------------------------------------------------------------
     def evaluate() -> dict[str, float]:
@@ -210,12 +220,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     ):
         tick, tick_step = time.perf_counter(), step
         while step < total_steps and not stop.requested:
-            lr = lr_at(step)
-            state, step_metrics = train_step(state, next(train_iter), jnp.float32(lr))
+            state, step_metrics = train_step(state, next(train_iter))
             # Reading the loss waits for the step: it keeps simulated devices in lockstep and
             # catches a diverging run before any checkpoint of it is written.
             step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             step += 1
+            lr = step_metrics["learning_rate"]
             params_finite = step_metrics.pop("params_finite") > 0
             if not (math.isfinite(step_metrics["loss"]) and params_finite):
                 raise NonFiniteLossError(
@@ -229,11 +239,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 now = time.perf_counter()
                 images_per_s = (step - tick_step) * config.batch_size / (now - tick)
                 tick, tick_step = now, step
-                writer.write(
-                    step,
-                    {**step_metrics, "learning_rate": lr, "images_per_s": images_per_s},
-                    kind="train",
-                )
+                writer.write(step, {**step_metrics, "images_per_s": images_per_s}, kind="train")
             bar.set_postfix(
                 loss=f"{step_metrics['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}"
             )
@@ -241,13 +247,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate()
                 writer.write(step, last_eval, kind="eval")
-                plateau = optim.plateau_update(
-                    plateau,
-                    last_eval["accuracy"],
-                    patience=config.optim.patience,
-                    max_drops=config.optim.max_drops,
-                    min_delta=config.optim.min_delta,
-                )
+                state["opt_state"] = record_evaluation(state["opt_state"], last_eval["accuracy"])
                 bar.write(
                     f"step {step}: eval top-1 {last_eval['accuracy']:.4f} "
                     f"loss {last_eval['loss']:.4f}"
@@ -260,13 +260,16 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     manager.wait_until_finished()
 
     # ----- End of run: final weights, plot, summary -----------------------------------------
+    drops = int(optim.plateau(state["opt_state"]).drops)
+    if config.optim.schedule == "step":
+        drops += optim.step_drops(max(step - 1, 0), step_every)
     summary = {
         "step": step,
         "total_steps": total_steps,
         "epochs": step / steps_per_epoch,
         "stopped_by_sigterm": step < total_steps,
-        "learning_rate_drops": _drops(lr_at(max(step - 1, 0)), config.optim),
-        "final_learning_rate": lr_at(max(step - 1, 0)),
+        "learning_rate_drops": drops,
+        "final_learning_rate": float(optim.learning_rate(state["opt_state"])),
         "eval": last_eval,
         "images_per_s": images_per_s,
         "wall_s": time.perf_counter() - started,
@@ -278,9 +281,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             shutil.rmtree(export, ignore_errors=True)
         if jax.process_count() > 1:  # every host takes part in an Orbax save
             multihost_utils.sync_global_devices("vgg_flax export")
-        checkpoint.save_model(
-            export, jax.device_get(model_variables(state)), {**identity, "step": step}
-        )
+        loader.save(export, model, jax.device_get(model_variables(state)), step=step)
     if step >= total_steps and jax.process_index() == 0:
         if os.path.exists(writer.path):
             metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
@@ -291,19 +292,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def start_from(
-    variables: dict[str, Any], target_config: str, path: str, skip: tuple[str, ...] = ()
+    variables: dict[str, Any], target_arch: Any, path: str, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """`variables` with layers copied from the vgg-flax checkpoint at `path` (see init.py)."""
-    source_model, source = checkpoint.load(path)
-    mapping = warm_start_layers(source_model.config, target_config)
+    """`variables` with layers copied from the weights at `path` (`vgg_flax.load`; see init.py)."""
+    source_model, source = loader.load(path)
+    mapping = warm_start_layers(source_model.arch, target_arch)
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
-    _say(f"copied {', '.join(mapping.values())} from the {source_model.config} net at {path}")
+    label = arch_label(source_model.arch)
+    _say(f"copied {', '.join(mapping.values())} from the {label} net at {path}")
     return copy_layers(variables, source, mapping)
-
-
-def _drops(rate: float, optim_config: Any) -> int:
-    """How many times the schedule divided the base rate to reach `rate` (after warm-up)."""
-    return round(math.log(optim_config.learning_rate / rate) / -math.log(optim_config.factor))
 
 
 def _say(message: str) -> None:

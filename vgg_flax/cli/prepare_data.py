@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 
+from vgg_flax.cli import add_subcommand
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `prepare-data` subcommand."""
-    parser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "prepare-data",
-        help="prepare a TFDS dataset (imagenet2012 from its tars in --manual_dir)",
-        description=__doc__,
+        "prepare a TFDS dataset (imagenet2012 from its tars in --manual-dir)",
+        __doc__,
     )
     parser.add_argument("--source", default="imagenet2012", help="TFDS dataset name")
     parser.add_argument(
-        "--manual_dir",
+        "--manual-dir",
         default=None,
         help="folder with the manual files (imagenet2012: ILSVRC2012_img_train.tar and "
         "ILSVRC2012_img_val.tar)",
     )
-    parser.add_argument("--data_dir", default=None, help="TFDS data_dir for the prepared dataset")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir for the prepared dataset")
     parser.set_defaults(run=run)
 
 

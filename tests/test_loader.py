@@ -1,0 +1,64 @@
+"""One loader: checkpoints, .pth files and state dicts all come back as (model, variables)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import vgg_flax
+from vgg_flax.parity import randomize
+
+
+def _vgg11_bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torchvision.models.vgg11_bn(num_classes=7)
+    randomize(net, seed=0)
+    return net.eval()
+
+
+def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(tmp_path):
+    net = _vgg11_bn_net()
+    pth = tmp_path / "weights.pth"  # a name that says nothing about the architecture
+    torch.save(net.state_dict(), pth)
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = net(images).numpy()
+    for source in (pth, net.state_dict()):
+        model, variables = vgg_flax.load(source)
+        assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 7)
+        assert isinstance(variables["params"]["fc8"]["kernel"], jax.Array)
+        got = model.apply(variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="do not fit torchvision's vgg13"):
+        vgg_flax.load(pth, "vgg13")
+
+
+def test_unknown_shapes_and_other_files_are_refused_with_the_fix(tmp_path):
+    state = {k: v for k, v in _vgg11_bn_net().state_dict().items() if "features.0." not in k}
+    with pytest.raises(ValueError, match="fit none of torchvision's VGGs"):
+        vgg_flax.load(state)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(ValueError):
+        vgg_flax.load(other)
+    with pytest.raises(ValueError, match="neither a vgg-flax checkpoint directory"):
+        vgg_flax.load(tmp_path / "missing.pth")
+
+
+def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path):
+    layers = (8, "M", 16, "M", 16, "1x1-8", "M", 16, "M", 16, "M")
+    model = vgg_flax.create_model(
+        layers, batch_norm=True, width=0.5, head_width=24, pooling="avg", num_classes=3
+    )
+    images = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
+    variables = jax.jit(model.init)(jax.random.key(1), images)
+    path = vgg_flax.save(tmp_path / "ckpt", model, variables, note="tiny")
+    loaded, restored = vgg_flax.load(path, dtype=jnp.bfloat16)
+    assert vgg_flax.architecture(loaded) == vgg_flax.architecture(model)
+    assert loaded.dtype == jnp.bfloat16 and loaded.pooling == "avg"
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(a, b)
+    exact = vgg_flax.load(path)[0]
+    np.testing.assert_array_equal(exact.apply(restored, images), model.apply(variables, images))

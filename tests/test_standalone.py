@@ -1,0 +1,121 @@
+"""The repository stands alone: it cites no file outside itself, and evaluation needs no torch."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import vgg_flax
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Written in pieces so that this file does not match its own patterns.
+FORBIDDEN = ("PAPER" + ".md", "ENVIRONMENT" + ".md", "shared" + "/", ".." + "/shared")
+
+# Runs `experiments.evaluate` as `python -m` would, in a process where importing torch or
+# torchvision fails (a finder that refuses them, so no module is left half-registered).
+NO_TORCH = """
+import importlib.abc, runpy, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"import of {name} blocked", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("torch is importable: the blocker does not work")
+sys.argv = ["evaluate", *sys.argv[1:]]
+runpy.run_module("experiments.evaluate", run_name="__main__")
+"""
+
+
+def repository_files() -> list[pathlib.Path]:
+    """Tracked files plus new ones git does not ignore (present in the working tree)."""
+    names = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [ROOT / name for name in names if (ROOT / name).is_file()]
+
+
+def test_no_file_cites_files_outside_the_repository():
+    files = repository_files()
+    assert any(path.name == "README.md" for path in files)
+    found = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue  # binary files
+        for number, line in enumerate(text.splitlines(), 1):
+            found += [f"{path.relative_to(ROOT)}:{number}: {w}" for w in FORBIDDEN if w in line]
+    assert not found, "cite docs/paper.md or docs/environment.md instead:\n" + "\n".join(found)
+
+
+def test_docs_exist():
+    for name in ("paper.md", "environment.md"):
+        assert (ROOT / "docs" / name).stat().st_size > 1000
+
+
+def run_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_evaluate_help_without_torch():
+    result = run_without_torch("--help")
+    assert result.returncode == 0, result.stderr
+    assert "--checkpoint" in result.stdout
+    assert "(default: dense)" in result.stdout  # defaults are shown
+
+
+def test_evaluate_checkpoint_without_torch(tmp_path):
+    # A narrow VGG-A with 10 classes, saved as a vgg-flax checkpoint.
+    model = vgg_flax.create_model("A", width=0.125, head_width=32, num_classes=10)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    checkpoint = vgg_flax.save(tmp_path / "model", model, variables)
+    output = tmp_path / "result.json"
+    # Dense evaluation needs images of at least 224x224 (fc6's 7x7 window on pool5's map), so
+    # the 32x32 digits are rescaled to Q = 224, the smallest test scale that works.
+    result = run_without_torch(
+        "--checkpoint",
+        checkpoint,
+        "--dataset",
+        "digits",
+        "--protocol",
+        "dense",
+        "--scales",
+        "224",
+        "--limit",
+        "8",
+        "--batch-size",
+        "16",
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("dense at Q=[224]: top-1 error ")
+    assert "on 8 images (1 compiled shapes)" in lines[-2]
+    printed = json.loads(lines[-1])
+    assert printed == json.loads(output.read_text())
+    assert printed["examples"] == 8
+    assert printed["dataset"] == "digits"
+    assert printed["split"] == "test"
+    assert 0 <= printed["top5_error"] <= printed["top1_error"] <= 100

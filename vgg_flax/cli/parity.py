@@ -1,0 +1,109 @@
+"""`vgg-flax parity`: run torchvision and vgg-flax on the same inputs and compare layer by layer.
+
+Every activation torchvision exposes as a module output is compared with vgg-flax's activation
+of the same name; optionally the gradients of the cross-entropy loss (--grad) and BatchNorm in
+training mode with its updated running statistics (--train-bn). Needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from vgg_flax.arch import TORCHVISION_ARCHS
+from vgg_flax.cli import add_subcommand
+from vgg_flax.preprocessing import (
+    CROP_SIZE,
+    TORCHVISION_MEAN,
+    TORCHVISION_RESIZE,
+    TORCHVISION_STD,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_images(folder: str) -> np.ndarray:
+    """Every image in `folder` through torchvision's eval transform, as one NCHW float32 batch."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    if not os.path.isdir(folder):
+        raise ValueError(f"--images {folder}: no such folder")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    transform = transforms.Compose(
+        [
+            transforms.Resize(TORCHVISION_RESIZE),
+            transforms.CenterCrop(CROP_SIZE),
+            transforms.ToTensor(),
+            transforms.Normalize(TORCHVISION_MEAN, TORCHVISION_STD),
+        ]
+    )
+    batch = [transform(Image.open(os.path.join(folder, f)).convert("RGB")) for f in files]
+    return torch.stack(batch).numpy()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `vgg-flax parity`."""
+    parser = add_subcommand(
+        subparsers, "parity", "compare vgg-flax with torchvision layer by layer", __doc__
+    )
+    parser.add_argument("arch", choices=list(TORCHVISION_ARCHS))
+    parser.add_argument("--pth", help="weights to compare (default: seeded random weights)")
+    parser.add_argument("--images", help="folder of images (default: random inputs)")
+    parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2, help="random inputs per run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grad", action="store_true", help="compare loss gradients too")
+    parser.add_argument(
+        "--grad-dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the gradient comparison (see vgg_flax.parity.compare)",
+    )
+    parser.add_argument("--train-bn", action="store_true", help="BatchNorm in training mode")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the layer-by-layer comparison; exit status 1 if any relative error exceeds 1e-4."""
+    import torch  # before anything that might load TensorFlow
+
+    from vgg_flax.parity import compare, torch_model
+    from vgg_flax.pth import load_pth
+
+    if args.images:
+        images = load_images(args.images)
+    else:
+        generator = torch.Generator().manual_seed(args.seed)
+        images = torch.randn(args.batch, 3, *args.size, generator=generator).numpy()
+    state = load_pth(args.pth) if args.pth else None
+    net = torch_model(args.arch, state, args.seed)
+    report = compare(
+        args.arch,
+        net,
+        images,
+        grad=args.grad,
+        train_bn=args.train_bn,
+        seed=args.seed,
+        grad_dtype=args.grad_dtype,
+    )
+    print(f"{args.arch}: inputs {tuple(images.shape)} (NCHW), float32")
+    sections = [
+        ("activation", report.activations),
+        (f"gradient ({args.grad_dtype})", report.gradients),
+        ("running stat", report.running_stats),
+    ]
+    worst = 0.0
+    for title, rows in sections:
+        if rows:
+            print(f"{title:<32} {'max |diff|':>12} {'relative':>12}")
+        for row in rows:
+            print(f"{row.name:<32} {row.max_abs:12.3e} {row.max_rel:12.3e}")
+            worst = max(worst, row.max_rel)
+    print(f"top-1 agreement: {report.top1_agreement:.1%}")
+    return int(worst > 1e-4)
