@@ -1,6 +1,6 @@
 """Root conftest: import torch and torchvision before anything loads TensorFlow.
 
-Importing torchvision after TensorFlow segfaults on this stack (shared/ENVIRONMENT.md).
+Importing torchvision after TensorFlow segfaults on this stack (docs/environment.md).
 """
 
 import torch  # noqa: F401

@@ -119,3 +119,16 @@ def test_evaluate_checkpoint_without_torch(tmp_path):
     assert printed["dataset"] == "digits"
     assert printed["split"] == "test"
     assert 0 <= printed["top5_error"] <= printed["top1_error"] <= 100
+
+
+def test_experiment_commands_run_from_outside_the_repository(tmp_path):
+    for module in ("experiments.evaluate", "experiments.reproduce_tables"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "--checkpoint" in result.stdout

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_flax import checkpoint
+from vgg_flax import architecture, checkpoint, create_model
 from vgg_flax.parallel import make_mesh, replicated
 
-IDENTITY = {"arch": "A", "batch_norm": True, "num_classes": 10}
+IDENTITY = architecture(create_model("A", batch_norm=True, num_classes=10))
 
 
 def state_at(step: int) -> dict:

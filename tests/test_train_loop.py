@@ -83,7 +83,10 @@ def test_one_step_on_four_devices_equals_one_device(tmp_path):
     error = sum(float(np.sum((four[n].astype(np.float64) - one[n]) ** 2)) for n in names)
     assert np.sqrt(error / total) <= 1e-5
     for name in names:
-        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=1e-8, err_msg=name)
+        # Absolute floor: 1e-8, or 1e-6 of the tensor's scale (a BatchNorm mean near zero is a
+        # sum whose float32 rounding differs when 4 devices add their shares in another order).
+        floor = max(1e-8, 1e-6 * float(np.max(np.abs(one[name]))))
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=floor, err_msg=name)
         # ...and so do the updates themselves, which are much smaller than the parameters
         # (a gradient summed instead of averaged over devices would be 4x off). The convs'
         # biases before BatchNorm have zero gradient up to rounding: hence the absolute floor.

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from vgg_flax.model import ARCHITECTURE_FIELDS
+
 
 def _checkpointer() -> ocp.Checkpointer:
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -92,9 +94,16 @@ def training_manager(directory: str | os.PathLike, *, keep: int = 2) -> ocp.Chec
 def save_training(
     manager: ocp.CheckpointManager, step: int, state: Any, meta: Mapping[str, Any]
 ) -> None:
-    """Write training `state` and JSON `meta` (needs the model's "arch") as checkpoint `step`."""
-    if "arch" not in meta:
-        raise ValueError("training checkpoint metadata lacks 'arch' (the model's architecture)")
+    """Write training `state` and JSON `meta` (with the model's architecture) as checkpoint `step`.
+
+    `meta` needs every field of `vgg_flax.model.ARCHITECTURE_FIELDS`, so that a resumed run can
+    tell whether the checkpoint belongs to its network.
+    """
+    missing = [key for key in ARCHITECTURE_FIELDS if key not in meta]
+    if missing:
+        raise ValueError(
+            f"training checkpoint metadata lacks {missing}; pass vgg_flax.architecture(model)"
+        )
     if step in manager.all_steps():
         return  # already written (e.g. the final save right after a periodic one)
     manager.save(
