@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 from vgg_flax import preprocessing
@@ -27,9 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.evaluate", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--checkpoint", nargs="+", required=True, help="dirs or .pth files")
-    parser.add_argument(
-        "--arch", help="architecture of .pth files (e.g. vgg16); none: inferred from the shapes"
-    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="dense", help="test protocol")
     parser.add_argument(
         "--scales",
@@ -39,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="test scales Q (center: the resize before the 224 crop)",
     )
     parser.add_argument("--no-flips", action="store_true", help="skip horizontal flips")
+    add_dataset_options(parser)
+    parser.add_argument(
+        "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
+    )
+    parser.add_argument("--output", default=None, help="JSON result file")
+    return parser
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """The options evaluate and reproduce_tables share: weights, dataset, input, batching."""
+    parser.add_argument(
+        "--arch", help="architecture of .pth files (e.g. vgg16); none: inferred from the shapes"
+    )
     parser.add_argument("--dataset", default="imagenet2012", help="digits, folder or a TFDS name")
     parser.add_argument("--split", default=None, help="none: the dataset's evaluation split")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
@@ -47,31 +58,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--normalize",
         choices=("mean_rgb", "torchvision", "caffe"),
-        help="input normalisation; none: torchvision for .pth files, else mean_rgb",
+        help="input normalisation; none: what the checkpoints record (.pth files: torchvision; "
+        ".h5/.caffemodel: caffe), else mean_rgb",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="evaluate the first N images (none: all)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
-    parser.add_argument(
-        "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
-    )
-    parser.add_argument("--output", default=None, help="JSON result file")
-    return parser
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:
     """The data config overrides the arguments name."""
-    pth = any(str(path).endswith(".pth") for path in args.checkpoint)
     options: dict[str, Any] = {
         "source": args.dataset,
-        "normalize": args.normalize or ("torchvision" if pth else "mean_rgb"),
+        "normalize": normalization(args.checkpoint, args.normalize),
         "on_corrupt": "error",
     }
     for key in ("data_dir", "manual_dir", "folder"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     return options
+
+
+def normalization(checkpoints: list[str], flag: str | None) -> str:
+    """The input normalisation: the one the checkpoints record, unless `flag` says otherwise.
+
+    Checkpoints without a record (older vgg-flax directories) default to "mean_rgb"; a flag
+    that contradicts a record is used, with a warning.
+    """
+    from vgg_flax.data.config import NORMALIZE_MODES
+    from vgg_flax.loader import recorded_preprocessing
+
+    recorded = {path: recorded_preprocessing(path) for path in checkpoints}
+    known = {value for value in recorded.values() if value is not None}
+    unusable = known - set(NORMALIZE_MODES)
+    if flag is None and unusable:
+        raise ValueError(
+            f"the checkpoints expect preprocessing {sorted(unusable)}, which the evaluation "
+            f"pipeline does not implement; pass --normalize (one of {', '.join(NORMALIZE_MODES)})"
+        )
+    if flag is None and len(known) > 1:
+        raise ValueError(
+            f"the checkpoints record different preprocessing ({recorded}); an ensemble needs one: "
+            "pass --normalize to choose"
+        )
+    if flag is not None:
+        if known - {flag}:
+            warnings.warn(
+                f"--normalize {flag} overrides the preprocessing the checkpoints record "
+                f"({recorded}); expect worse accuracy if they were trained otherwise",
+                stacklevel=2,
+            )
+        return flag
+    return known.pop() if known else "mean_rgb"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from experiments import paper_results
-from experiments.evaluate import data_options
+from experiments.evaluate import add_dataset_options, data_options
 from vgg_flax import arch
 from vgg_flax.atomic import atomic_write
 from vgg_flax.cli import HelpFormatter
@@ -114,21 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--checkpoint", action="append", required=True, help="PATH@S, repeated")
-    parser.add_argument(
-        "--arch", help="architecture of .pth files (e.g. vgg16); none: inferred from the shapes"
-    )
-    parser.add_argument("--dataset", default="imagenet2012", help="digits, folder or a TFDS name")
-    parser.add_argument("--split", default=None, help="none: the dataset's evaluation split")
-    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
-    parser.add_argument("--manual-dir", default=None, help="folder with ILSVRC2012 tars")
-    parser.add_argument("--folder", default=None, help="dataset=folder: folder/<split>/<class>/")
-    parser.add_argument(
-        "--normalize",
-        choices=("mean_rgb", "torchvision", "caffe"),
-        help="input normalisation; none: torchvision for .pth files, else mean_rgb",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="first N images only (none: all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
+    add_dataset_options(parser)
     parser.add_argument("--output", default="tables.md", help="markdown file (JSON beside it)")
     return parser
 

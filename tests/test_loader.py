@@ -62,3 +62,23 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
         np.testing.assert_array_equal(a, b)
     exact = vgg_flax.load(path)[0]
     np.testing.assert_array_equal(exact.apply(restored, images), model.apply(variables, images))
+
+
+def test_recorded_preprocessing_picks_the_evaluation_normalisation(tmp_path):
+    from experiments.evaluate import normalization
+
+    model = vgg_flax.create_model("A", width=0.125, head_width=8, num_classes=3)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    trained = vgg_flax.save(tmp_path / "a", model, variables, preprocessing="torchvision")
+    older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing
+    pth = tmp_path / "w.pth"
+    torch.save(_vgg11_bn_net().state_dict(), pth)
+    assert vgg_flax.loader.recorded_preprocessing(trained) == "torchvision"
+    assert normalization([trained], None) == "torchvision"
+    assert normalization([older], None) == "mean_rgb"
+    assert normalization([str(pth)], None) == "torchvision"
+    with pytest.warns(UserWarning, match="overrides the preprocessing"):
+        assert normalization([trained], "mean_rgb") == "mean_rgb"
+    caffe = vgg_flax.save(tmp_path / "c", model, variables, preprocessing="caffe")
+    with pytest.raises(ValueError, match="record different preprocessing"):
+        normalization([trained, caffe], None)

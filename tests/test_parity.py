@@ -43,6 +43,17 @@ def test_gradients_match_torchvision(arch):
     assert not bad, bad
 
 
+def test_parity_cli_train_bn_gradients_exit_0_and_misuse_is_an_error(capsys):
+    # Conv biases before BatchNorm have gradient zero by construction: rounding noise on both
+    # sides, measured against the floor (a fraction of the largest gradient), not relatively.
+    args = ["parity", "vgg11_bn", "--grad", "--train-bn", "--size", "64", "64", "--batch", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "\nfeatures.0.bias " in out and "gradient (float64)" in out
+    assert main(["parity", "vgg11", "--train-bn", "--size", "64", "64"]) == 2
+    assert "vgg11 has no BatchNorm" in capsys.readouterr().err
+
+
 def test_train_mode_batchnorm_matches_torchvision():
     net = _net("vgg11_bn")
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -58,6 +58,14 @@ def read_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return dict(restored["variables"]), dict(restored["metadata"])
 
 
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a directory written by `save_model` (no arrays are read)."""
+    path = _existing(directory)
+    with _checkpointer() as checkpointer:
+        restored = checkpointer.restore(path, ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    return dict(restored["metadata"])
+
+
 def _existing(directory: str | os.PathLike) -> str:
     path = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(os.path.join(path, "variables")):

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import checkpoint
+from vgg_flax import checkpoint, formats
 from vgg_flax.convert import from_torchvision, infer_arch
 from vgg_flax.model import ARCHITECTURE_FIELDS, VGG, architecture, create_model
 from vgg_flax.pth import load_pth
@@ -31,6 +31,9 @@ def load(
 ) -> tuple[VGG, Variables]:
     """`(model, variables)` from a checkpoint directory, a `.pth` file or a state dict.
 
+    Keras `.h5` files and Caffe `.caffemodel` files (the authors' VGG16/VGG19) load too; their
+    architecture comes from the file (`arch`, if given, is checked against it).
+
     `arch` names a torchvision architecture (e.g. "vgg16_bn") for `.pth` files and state dicts;
     by default it is inferred from the tensors' shapes. `head` ("auto", "keep", "drop") is
     `from_torchvision`'s. `options` are further `VGG` fields (dropout_rate, dtype, kernels, ...);
@@ -41,6 +44,9 @@ def load(
         variables, metadata = checkpoint.read_model(source)
         spec = {key: metadata[key] for key in ARCHITECTURE_FIELDS if key in metadata}
         model = create_model(**spec, **options)
+    elif formats.is_foreign_file(source):  # Keras .h5 or Caffe .caffemodel
+        variables = formats.read(source, head=head, dtype=param_dtype)
+        model = formats.model_for(variables, arch, **options)
     elif isinstance(source, Mapping) or _is_pth(source):
         arch = arch or _infer(source)
         variables = from_torchvision(source, arch, head=head, dtype=param_dtype)
@@ -49,8 +55,8 @@ def load(
         model = create_model(arch, num_classes=num_classes, **options)
     else:
         raise ValueError(
-            f"{os.fspath(source)!r} is neither a vgg-flax checkpoint directory nor a torchvision "
-            ".pth file; convert other files first (`vgg-flax convert`)"
+            f"{os.fspath(source)!r} is neither a vgg-flax checkpoint directory, a torchvision "
+            ".pth file, a Keras .h5 file nor a Caffe .caffemodel"
         )
     cast = (lambda x: jnp.asarray(x, param_dtype)) if param_dtype else jnp.asarray
     return model, jax.tree.map(cast, variables)
@@ -64,6 +70,20 @@ def save(
     Returns the absolute path of the new checkpoint directory (which must not exist yet).
     """
     return checkpoint.save_model(directory, variables, {**metadata, **architecture(model)})
+
+
+def recorded_preprocessing(source: str | os.PathLike) -> str | None:
+    """The input preprocessing the weights at `source` expect, where it is known.
+
+    A vgg-flax checkpoint's recorded "preprocessing" (written by `vgg-flax convert` and by
+    training runs); "torchvision" for a `.pth` file; the authors' "caffe" for Keras and Caffe
+    files; None when nothing says.
+    """
+    if os.path.isdir(source):
+        return checkpoint.read_metadata(source).get("preprocessing")
+    if formats.is_foreign_file(source):
+        return formats.SUFFIXES[os.path.splitext(os.fspath(source))[1].lower()]
+    return "torchvision" if _is_pth(source) else None
 
 
 def _is_pth(source: Any) -> bool:

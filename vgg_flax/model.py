@@ -47,6 +47,10 @@ class VGG(nn.Module):
       the true border would see them, so the scores equal running each image at its own size
       (each true size must be at least 224); "dense" averages only the valid score positions,
       "dense_map" returns the map with invalid positions zeroed.
+    - dropout_masks (train=True only): {"fc6": keep, "fc7": keep}, boolean keep masks of the
+      dropout after relu6 and relu7, shaped like those activations ((N, head_width) in mode
+      "classify"); kept units are scaled by 1 / (1 - dropout_rate) as usual. Given, they replace
+      the masks drawn from the "dropout" rng (so a parity run can use PyTorch's very masks).
     """
 
     arch: str | tuple[int | str, ...] = "D"
@@ -86,9 +90,11 @@ class VGG(nn.Module):
         mode: str = "classify",
         features: Sequence[str] = (),
         valid_hw: jax.Array | None = None,
+        dropout_masks: dict[str, jax.Array] | None = None,
     ) -> jax.Array | dict[str, jax.Array]:
-        """Run the network; see the class docstring for modes, named features and valid_hw."""
+        """Run the network; see the class docstring for modes, features, valid_hw, dropout_masks."""
         wanted = self._check(images, mode, features)
+        _check_dropout_masks(dropout_masks, train)
         if valid_hw is not None and mode == "classify":
             raise ValueError("valid_hw needs mode='dense' or 'dense_map' (classify pools to 7x7)")
         found: dict[str, jax.Array] = {}
@@ -144,7 +150,10 @@ class VGG(nn.Module):
             x = nn.relu(x)
             if keep(f"relu{suffix}", self._squeeze(x, mode)):
                 return found
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            if dropout_masks is None:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            else:
+                x = self._masked_dropout(x, dropout_masks[f"fc{suffix}"])
         x = self._squeeze(x, mode)
         if valid_hw is not None:
             # fc6's 7x7 VALID window leaves (h/32 - 6) x (w/32 - 6) valid score positions.
@@ -159,6 +168,13 @@ class VGG(nn.Module):
         if keep("logits", x):
             return found
         return x
+
+    def _masked_dropout(self, x: jax.Array, keep: jax.Array) -> jax.Array:
+        # Flax's Dropout with the mask given instead of drawn: where(keep, x / (1 - rate), 0).
+        if self.dropout_rate >= 1.0:
+            return jnp.zeros_like(x)
+        keep = jnp.reshape(keep, x.shape)
+        return jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros((), x.dtype))
 
     @staticmethod
     def _squeeze(x: jax.Array, mode: str) -> jax.Array:
@@ -201,6 +217,15 @@ class VGG(nn.Module):
                 f"{' with BatchNorm' if self.batch_norm else ''}; known: {', '.join(known)}"
             )
         return set(features)
+
+
+def _check_dropout_masks(masks: dict[str, jax.Array] | None, train: bool) -> None:
+    if masks is None:
+        return
+    if not train:
+        raise ValueError("dropout_masks need train=True (dropout is off in evaluation)")
+    if set(masks) != {"fc6", "fc7"}:
+        raise ValueError(f"dropout_masks needs the keys fc6 and fc7, got {sorted(masks)}")
 
 
 def _zero_outside(x: jax.Array, valid_hw: jax.Array) -> jax.Array:

@@ -4,29 +4,40 @@ Every activation torchvision exposes as a module output (conv, bn, relu, pool, f
 is compared with vgg-flax's activation of the same name; optionally the gradients of the
 cross-entropy loss for every parameter (`grad`) and BatchNorm in training mode with its updated
 running statistics (`train_bn`). Matmul precision is float32 on both sides. Needs torch.
+
+Values that are zero by construction (the gradients of conv biases before BatchNorm) are pure
+rounding noise on both sides: their relative error is meaningless, so `with_floor` measures
+every tensor against at least a fraction of the largest magnitude of its kind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from vgg_flax.arch import activation_names
-from vgg_flax.convert import to_torchvision, torchvision_modules
+from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
+from vgg_flax.convert import _to_torch, from_torchvision, torchvision_entries, torchvision_modules
 from vgg_flax.loader import load
+from vgg_flax.model import create_model
+
+# The absolute floor of a comparison: this fraction of the largest magnitude among all tensors
+# of a kind (all gradients, all momentum buffers, ...). Far below any real value's error, far
+# above the rounding noise of values that are zero by construction (~1e-15 of the largest).
+FLOOR_FRACTION = 1e-6
 
 
 @dataclasses.dataclass
 class Difference:
-    """max |ours - torch| and that divided by max |torch| for one tensor."""
+    """max |ours - torch|, that divided by max(max |torch|, floor), and max |torch| (`scale`)."""
 
     name: str
     max_abs: float
     max_rel: float
+    scale: float = 0.0
 
 
 @dataclasses.dataclass
@@ -44,14 +55,48 @@ class ParityReport:
         return max(getattr(self, kind), key=lambda d: d.max_rel)
 
 
-def difference(name: str, ours: Any, theirs: Any) -> Difference:
-    """Compare two arrays; the relative figure divides by the largest magnitude of `theirs`."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+def difference(name: str, ours: Any, theirs: Any, floor: float = 0.0) -> Difference:
+    """Compare two arrays; the relative figure divides by max(max |theirs|, floor)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
     if ours.shape != theirs.shape:
         raise ValueError(f"{name}: shapes differ, ours {ours.shape} vs torch {theirs.shape}")
-    max_abs = float(np.max(np.abs(ours - theirs))) if ours.size else 0.0
-    scale = float(np.max(np.abs(theirs))) if theirs.size else 0.0
-    return Difference(name, max_abs, max_abs / scale if scale else max_abs)
+    if not ours.size:
+        return Difference(name, 0.0, 0.0)
+    # Row by row in float64: no full-size float64 temporaries of fc6's 100M values.
+    rows_ours, rows_theirs = ours.reshape(len(ours), -1), theirs.reshape(len(theirs), -1)
+    max_abs = scale = 0.0
+    for start in range(0, len(rows_ours), 256):
+        a = rows_ours[start : start + 256].astype(np.float64)
+        b = rows_theirs[start : start + 256].astype(np.float64)
+        max_abs = max(max_abs, float(np.max(np.abs(a - b))))
+        scale = max(scale, float(np.max(np.abs(b))))
+    return _relative(Difference(name, max_abs, 0.0, scale), floor)
+
+
+def with_floor(differences: Iterable[Difference], fraction: float = FLOOR_FRACTION) -> list:
+    """The same differences, each relative to at least `fraction` of the kind's largest scale."""
+    differences = list(differences)
+    floor = fraction * max((d.scale for d in differences), default=0.0)
+    return [_relative(d, floor) for d in differences]
+
+
+def _relative(d: Difference, floor: float) -> Difference:
+    denominator = max(d.scale, floor)
+    return dataclasses.replace(d, max_rel=d.max_abs / denominator if denominator else d.max_abs)
+
+
+def torch_layout(variables: Mapping[str, Any], arch: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(torchvision key, array) for each tensor of `variables` present, one at a time.
+
+    `to_torchvision` without holding every converted copy at once: a comparison of full-size
+    VGGs converts fc6's 100M values one tensor after the other.
+    """
+    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+    num_classes = int(np.shape(params["fc8"]["bias"])[0]) if "fc8" in params else 1000
+    for entry in torchvision_entries(arch, num_classes):
+        tree = params if entry.collection == "params" else stats
+        if entry.name in tree.get(entry.layer, {}):
+            yield entry.key, _to_torch(np.asarray(tree[entry.layer][entry.name]), entry.kind)
 
 
 def randomize(model: Any, seed: int = 0) -> None:
@@ -130,8 +175,10 @@ def compare(
     labels drawn from `seed` are compared in `grad_dtype`, float64 by default: in float32, a
     max-pool window whose two largest inputs differ by less than the rounding error sends its
     gradient to a different input on each side (both valid), which moves early layers' gradients
-    by up to ~1e-2 of their scale although the forward passes agree to 1e-6.
+    by up to ~1e-2 of their scale although the forward passes agree to 1e-6. Gradients are
+    measured against the floor of `with_floor` (conv biases before BatchNorm get none).
     """
+    check_train_bn(arch, train_bn)
     model, variables = load(torch_net.state_dict(), arch, head="keep", dropout_rate=0.0)
     num_classes = model.num_classes
     with float32_precision():
@@ -141,16 +188,30 @@ def compare(
     agree = float(np.mean(ours["logits"].argmax(-1) == theirs["logits"].argmax(-1)))
     report = ParityReport(arch, activations, agree)
     if train_bn:
-        mapped = to_torchvision({"params": variables["params"], "batch_stats": our_stats}, arch)
+        mapped = dict(torch_layout({"params": variables["params"], "batch_stats": our_stats}, arch))
         report.running_stats = [
             difference(key, mapped[key], their_stats[key]) for key in their_stats
         ]
+    del variables, ours, theirs  # the float32 copy is not needed for the gradients
     if grad:
         labels = np.random.default_rng(seed).integers(0, num_classes, len(images))
         report.gradients = gradient_differences(
             arch, torch_net, images, labels, train_bn=train_bn, dtype=grad_dtype
         )
     return report
+
+
+def check_train_bn(arch: str, train_bn: bool) -> None:
+    """Refuse BatchNorm's training mode for a torchvision `arch` that has no BatchNorm."""
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(
+            f"unknown torchvision arch {arch!r}; choose one of {', '.join(TORCHVISION_ARCHS)}"
+        )
+    if train_bn and not TORCHVISION_ARCHS[arch][1]:
+        raise ValueError(
+            f"{arch} has no BatchNorm, so BatchNorm's training mode does not apply; drop "
+            f"--train-bn (train_bn=True) or choose {arch}_bn"
+        )
 
 
 def gradient_differences(
@@ -162,7 +223,11 @@ def gradient_differences(
     train_bn: bool = False,
     dtype: str = "float64",
 ) -> list[Difference]:
-    """Compare d(mean cross-entropy)/d(parameter) for every parameter, computed in `dtype`."""
+    """Compare d(mean cross-entropy)/d(parameter) for every parameter, computed in `dtype`.
+
+    Relative errors use `with_floor`: gradients that are zero by construction (conv biases
+    before BatchNorm in training mode) are rounding noise on both sides.
+    """
     import copy
 
     import jax
@@ -170,39 +235,55 @@ def gradient_differences(
     import optax
     import torch
 
+    from vgg_flax.xla_options import compiler_options
+
     if dtype not in ("float32", "float64"):
         raise ValueError(f"gradient dtype must be float32 or float64, not {dtype!r}")
+    check_train_bn(arch, train_bn)
+    # One side at a time, freeing as it goes: torch's float64 net lives only for its backward
+    # pass, JAX's float64 parameters are made leaf by leaf and become the gradients (donated).
     net = copy.deepcopy(torch_net).to(getattr(torch, dtype))  # leaves torch_net untouched
     _set_mode(net, train_bn)
-    with float32_precision(), jax.enable_x64(dtype == "float64"):
-        net.zero_grad(set_to_none=True)
+    net.zero_grad(set_to_none=True)
+    with float32_precision():
         logits = net(torch.from_numpy(images.astype(dtype)))
         torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-        theirs = {key: p.grad.numpy() for key, p in net.named_parameters()}
-        model, variables = load(
-            torch_net.state_dict(),
+    theirs = {key: p.grad for key, p in net.named_parameters()}
+    del net, logits
+    with float32_precision(), jax.enable_x64(dtype == "float64"):
+        float_type = getattr(jnp, dtype)
+        variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
+        for tree in variables.values():
+            for layer in tree.values():
+                for name in layer:  # replaced one by one: one float32 and one new copy at most
+                    layer[name] = jnp.asarray(layer[name], float_type)
+        model = create_model(
             arch,
-            head="keep",
+            num_classes=int(variables["params"]["fc8"]["bias"].shape[0]),
             dropout_rate=0.0,
-            dtype=getattr(jnp, dtype),
-            param_dtype=getattr(jnp, dtype),
+            dtype=float_type,
+            param_dtype=float_type,
         )
         x = jnp.asarray(images.transpose(0, 2, 3, 1).astype(dtype))
+        stats = variables.get("batch_stats", {})
 
         def loss(params: Any) -> jax.Array:
-            state = {"params": params, "batch_stats": variables.get("batch_stats", {})}
+            state = {"params": params, "batch_stats": stats}
             if train_bn:
                 logits = model.apply(state, x, train=True, mutable=["batch_stats"])[0]
             else:
                 logits = model.apply(state, x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        # jit: differentiating op by op is several times slower than compiling the whole graph.
-        grads = jax.tree.map(np.asarray, jax.jit(jax.grad(loss))(variables["params"]))
-    mapped = to_torchvision(
-        {"params": grads, "batch_stats": variables.get("batch_stats", {})}, arch
-    )
-    return [difference(key, mapped[key], value) for key, value in theirs.items()]
+        # jit: differentiating op by op is several times slower than compiling the whole graph;
+        # donating the parameters lets the gradients take their memory.
+        grad_fn = jax.jit(jax.grad(loss), donate_argnums=0, compiler_options=compiler_options())
+        grads = grad_fn(variables.pop("params"))
+        differences = [
+            difference(key, ours, theirs.pop(key).numpy())
+            for key, ours in torch_layout({"params": grads}, arch)
+        ]
+    return with_floor(differences)
 
 
 def _set_mode(net: Any, train_bn: bool) -> None:

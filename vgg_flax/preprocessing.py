@@ -1,10 +1,17 @@
 """Input constants: image sizes, the colour statistics and normalisations of each weight family.
 
 Plain numbers (no TensorFlow), shared by the input pipeline, the weight registry and the parity
-tool; docs/paper.md gives their sources.
+tool; docs/paper.md gives their sources. `PRESETS` names each weight family's input convention;
+`preprocess` applies one, `fold_preprocessing` moves what folds exactly into conv1_1.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 # Training: the smaller side is rescaled to S (fixed, or drawn per image from [Smin, Smax]), then
 # one random CROP_SIZE crop is taken.
@@ -26,3 +33,94 @@ TORCHVISION_STD = (0.229, 0.224, 0.225)
 # The authors' Caffe models: BGR pixels in 0-255 minus the ImageNet mean pixel, no std.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN_RGB = CAFFE_MEAN_BGR[::-1]
+
+# LPIPS (Zhang et al. 2018) feeds RGB in [-1, 1] through `(x - shift) / scale` (lpips.ScalingLayer).
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+# torchvision's features-only vgg16 (amdegroot's SSD conversion): RGB 0-255 minus this mean.
+VGG16_FEATURES_MEAN_RGB = (123.0, 117.0, 104.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How one family of weights wants its input, starting from RGB images with values in [0, 1].
+
+    Channel c of `channel_order` ("RGB" or "BGR") reaches the network as
+    `(lo + (hi - lo) * x - mean[c]) / std[c]`, x that channel's value in [0, 1] and
+    `(lo, hi) = value_range`; `mean` and `std` are in `channel_order` and in value_range units.
+    """
+
+    name: str
+    channel_order: str
+    value_range: tuple[float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+PRESETS: dict[str, Preset] = {
+    "torchvision": Preset("torchvision", "RGB", (0.0, 1.0), TORCHVISION_MEAN, TORCHVISION_STD),
+    "caffe": Preset("caffe", "BGR", (0.0, 255.0), CAFFE_MEAN_BGR),
+    "lpips": Preset("lpips", "RGB", (-1.0, 1.0), LPIPS_SHIFT, LPIPS_SCALE),
+    "vgg16_features": Preset("vgg16_features", "RGB", (0.0, 255.0), VGG16_FEATURES_MEAN_RGB),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """The preset named `preset` (a key of PRESETS), or `preset` itself."""
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(
+            f"unknown preprocessing preset {preset!r}; choose one of {', '.join(PRESETS)}"
+        )
+    return PRESETS[preset]
+
+
+def preprocess(images: Any, preset: str | Preset) -> Any:
+    """Network input from RGB `images` in [0, 1] (channels last; numpy or JAX) for `preset`."""
+    preset = get_preset(preset)
+    _check_order(preset)
+    lo, hi = preset.value_range
+    x = images[..., ::-1] if preset.channel_order == "BGR" else images
+    mean, std = np.asarray(preset.mean, np.float32), np.asarray(preset.std, np.float32)
+    return (x * np.float32(hi - lo) + np.float32(lo) - mean) / std
+
+
+def fold_preprocessing(
+    variables: Mapping[str, Any], preset: str | Preset, *, mean: bool = False
+) -> tuple[dict[str, Any], Preset]:
+    """Fold `preset`'s channel order and scales into conv1_1: `(new_variables, residual_preset)`.
+
+    `residual_preset` is RGB in [0, 1] minus the preset's mean moved into that space; running
+    `new_variables` on `preprocess(x, residual_preset)` equals running `variables` on
+    `preprocess(x, preset)` exactly (up to rounding): a permutation and a per-channel factor
+    commute with conv1_1 and with its zero padding. The mean does not fold exactly: moved into
+    conv1_1's bias it is also subtracted where the 3x3 window overlaps the zero padding, where
+    the original network sees a zero *after* subtracting the mean. `mean=True` folds it anyway
+    (the residual preset is then the identity): conv1_1 is exact except on its one-pixel border.
+    """
+    preset = get_preset(preset)
+    _check_order(preset)
+    lo, hi = preset.value_range
+    factor = (hi - lo) / np.asarray(preset.std, np.float64)  # per network channel
+    mean_01 = (np.asarray(preset.mean, np.float64) - lo) / (hi - lo)  # per network channel
+    order = [2, 1, 0] if preset.channel_order == "BGR" else [0, 1, 2]  # network c <- RGB order[c]
+    params = variables["params"]
+    kernel = np.asarray(params["conv1_1"]["kernel"])
+    bias = np.asarray(params["conv1_1"]["bias"])
+    folded = np.empty_like(kernel, dtype=np.float64)
+    folded[:, :, order, :] = kernel.astype(np.float64) * factor[None, None, :, None]
+    mean_rgb = np.empty(3)
+    mean_rgb[order] = mean_01
+    if mean:
+        bias = bias - np.einsum("hwio,i->o", folded, mean_rgb)
+        mean_rgb = np.zeros(3)
+    conv = {"kernel": folded.astype(kernel.dtype), "bias": np.asarray(bias, kernel.dtype)}
+    new = {**variables, "params": {**params, "conv1_1": conv}}
+    residual = Preset(f"{preset.name}-folded", "RGB", (0.0, 1.0), tuple(float(m) for m in mean_rgb))
+    return new, residual
+
+
+def _check_order(preset: Preset) -> None:
+    if preset.channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"preset {preset.name!r}: channel_order must be 'RGB' or 'BGR'")

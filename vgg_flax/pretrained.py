@@ -61,14 +61,39 @@ def fetch(
             return candidate
     base_url = base_url or os.environ.get("VGG_FLAX_BASE_URL", weights.TORCHVISION_WEIGHTS_URL)
     url = base_url.rstrip("/") + "/" + file
-    os.makedirs(folder, exist_ok=True)
+    return download(url, file, sha256=prefix, cache=cache, progress=progress)
+
+
+def download(
+    url: str,
+    file: str,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> str:
+    """Download `url` to `file` in the cache, kept only if its SHA-256 starts with `sha256`.
+
+    `sha256` is the whole digest or a prefix of it; `md5` instead checks an MD5 (the digest
+    keras.applications publishes). A cached file that matches is used; a download that fails or
+    mismatches leaves nothing.
+    """
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    if not expected:
+        raise ValueError(f"download of {file}: give the expected sha256 or md5 digest")
+    folder = cache_dir(cache)
     target = os.path.join(folder, file)
+    if os.path.isfile(target) and _sha256(target, algorithm).startswith(expected):
+        return target
+    os.makedirs(folder, exist_ok=True)
     # Raising inside the block leaves nothing in the cache: the file appears only when verified.
     with atomic_write(target) as out, urllib.request.urlopen(url) as response:
-        digest = _download(response, out, file, progress)
-        if not digest.startswith(prefix):
+        digest = _download(response, out, file, progress, algorithm)
+        if not digest.startswith(expected):
             raise ValueError(
-                f"{url} has SHA-256 {digest[:16]}..., but its name promises {prefix}: the "
+                f"{url} has {algorithm.upper().replace('SHA', 'SHA-')} {digest[:16]}..., but "
+                f"{expected[:16]}... was expected: the "
                 "download is corrupt or the server holds another file; nothing was cached"
             )
     return target
@@ -86,18 +111,30 @@ def pretrained(
 
     `name` is a key of `weights.TORCHVISION_WEIGHTS`; "vgg16_features" is the features-only file
     (its head is dropped with a warning). Preprocessing: see `weights.TORCHVISION_WEIGHTS[name]`.
+    "vgg16_caffe" and "vgg19_caffe" (and their "_notop") are the authors' Caffe networks as
+    keras.applications ships them (`weights.KERAS_WEIGHTS`; preprocessing preset "caffe").
     """
+    if name in weights.KERAS_WEIGHTS:  # the authors' networks, via keras.applications' files
+        entry = weights.KERAS_WEIGHTS[name]
+        base = base_url or os.environ.get("VGG_FLAX_BASE_URL", entry.url)
+        url = base.rstrip("/") + "/" + entry.file
+        path = download(url, entry.file, md5=entry.md5, cache=cache, progress=progress)
+        return load(path, entry.arch, head=head)
     if name not in weights.TORCHVISION_WEIGHTS:
-        known = ", ".join(weights.TORCHVISION_WEIGHTS)
-        raise ValueError(f"no torchvision weights named {name!r}; choose one of {known}")
+        known = ", ".join([*weights.TORCHVISION_WEIGHTS, *weights.KERAS_WEIGHTS])
+        raise ValueError(
+            f"no torchvision weights named {name!r} (nor Keras ones); choose one of {known}"
+        )
     entry = weights.TORCHVISION_WEIGHTS[name]
     path = fetch(entry.file, base_url=base_url, cache=cache, progress=progress)
     return load(path, entry.arch, head=head)
 
 
-def _download(response: Any, out: Any, label: str, progress: bool) -> str:
+def _download(
+    response: Any, out: Any, label: str, progress: bool, algorithm: str = "sha256"
+) -> str:
     total = response.headers.get("Content-Length")
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     received = 0
     with tqdm(
         total=int(total) if total else None,
@@ -116,8 +153,8 @@ def _download(response: Any, out: Any, label: str, progress: bool) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
+def _sha256(path: str, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as file:
         while block := file.read(_BLOCK):
             digest.update(block)

@@ -1,14 +1,15 @@
 """The registry of published weight files that `vgg_flax.pretrained` downloads and converts.
 
 torchvision's ImageNet weights live under TORCHVISION_WEIGHTS_URL; the 8 hex digits in each file
-name start the file's SHA-256, which every download is checked against.
+name start the file's SHA-256, which every download is checked against. The authors' own
+networks (KERAS_WEIGHTS) come from keras.applications' server, checked against its MD5s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from vgg_flax.preprocessing import TORCHVISION_MEAN, TORCHVISION_STD
+from vgg_flax.preprocessing import IMAGENET_MEAN_RGB, TORCHVISION_MEAN, TORCHVISION_STD
 
 TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 
@@ -28,6 +29,11 @@ class Weights:
     std: tuple[float, float, float] = TORCHVISION_STD
     pixel_scale: float = 1.0
     features_only: bool = False
+    # The whole input convention, a key of vgg_flax.preprocessing.PRESETS (recorded on convert).
+    preprocessing: str = "torchvision"
+    # Files not named -<sha256 prefix>.pth carry their server and published digest here.
+    url: str | None = None
+    md5: str | None = None
 
 
 TORCHVISION_WEIGHTS: dict[str, Weights] = {
@@ -49,5 +55,39 @@ TORCHVISION_WEIGHTS: dict[str, Weights] = {
         std=(1.0, 1.0, 1.0),
         pixel_scale=255.0,
         features_only=True,
+        preprocessing="vgg16_features",
     ),
+}
+
+# The authors' Caffe VGG16/VGG19 as keras.applications converted them (BGR, 0-255, minus the
+# mean pixel: preset "caffe"); MD5s as published in keras/src/applications/vgg16.py, vgg19.py.
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_CAFFE = {"mean": IMAGENET_MEAN_RGB, "std": (1.0, 1.0, 1.0), "pixel_scale": 255.0}
+KERAS_WEIGHTS: dict[str, Weights] = {
+    f"vgg{depth}_caffe{suffix}": Weights(
+        f"vgg{depth}",
+        f"vgg{depth}_weights_tf_dim_ordering_tf_kernels{suffix}.h5",
+        None,
+        None,
+        **_CAFFE,
+        features_only=bool(suffix),
+        preprocessing="caffe",
+        url=f"{KERAS_WEIGHTS_URL}vgg{depth}/",
+        md5=md5,
+    )
+    for depth, suffix, md5 in (
+        (16, "", "64373286793e3c8b2b4e3219cbf3544b"),
+        (16, "_notop", "6d6bbae143d832006294945121d1f1fc"),
+        (19, "", "cbe5617147190e668d6c5d5026f83318"),
+        (19, "_notop", "253f8cb515780f3b799900260a226db6"),
+    )
+}
+
+# LPIPS's linear heads for the VGG trunk (Zhang et al., CVPR 2018), as the authors publish them in
+# their repository and the `lpips` package ships them (torchmetrics ships the v0.1 file too):
+# version -> SHA-256 of lpips/weights/v{version}/vgg.pth. v0.0 is the arXiv v1 release.
+LPIPS_WEIGHTS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/"
+LPIPS_VGG_HEADS: dict[str, str] = {
+    "0.1": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    "0.0": "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c",
 }

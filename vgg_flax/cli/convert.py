@@ -1,4 +1,8 @@
-"""`vgg-flax convert`: a torchvision `.pth` file to a vgg-flax checkpoint directory."""
+"""`vgg-flax convert`: a torchvision `.pth`, Keras `.h5` or Caffe `.caffemodel` to a checkpoint.
+
+The checkpoint records the input convention its weights expect (metadata "preprocessing", a key
+of `vgg_flax.preprocessing.PRESETS`).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_subcommand(
         subparsers,
         "convert",
-        "convert torchvision weights (.pth) to a vgg-flax Orbax checkpoint",
-        "Convert a torchvision VGG .pth file into an Orbax checkpoint directory that "
+        "convert torchvision (.pth), Keras (.h5) or Caffe weights to a vgg-flax checkpoint",
+        "Convert a torchvision .pth, a Keras .h5 or a Caffe .caffemodel VGG into an Orbax "
+        "checkpoint directory that "
         "vgg_flax.load(OUT_DIR) reads back as (model, variables).",
     )
-    parser.add_argument("arch", choices=list(TORCHVISION_ARCHS))
-    parser.add_argument("pth", help="torchvision state dict (zip or legacy format)")
+    parser.add_argument(
+        "arch",
+        nargs="?",
+        choices=list(TORCHVISION_ARCHS),
+        help="architecture (default: read from the file; checked when given)",
+    )
+    parser.add_argument(
+        "pth",
+        help="torchvision state dict (.pth), Keras weights (.h5, .weights.h5) or Caffe .caffemodel",
+    )
     parser.add_argument("out_dir", help="new checkpoint directory (must not exist)")
     parser.add_argument(
         "--head",
@@ -33,10 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert args.pth and write the checkpoint with its architecture recorded beside it."""
+    from vgg_flax.formats import preset_for_file
     from vgg_flax.loader import load, save
 
     model, variables = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
-    path = save(args.out_dir, model, variables, source=os.path.basename(args.pth))
-    print(f"wrote {args.arch} ({'with' if has_head else 'without'} head) to {path}")
+    source, preset = os.path.basename(args.pth), preset_for_file(args.pth)
+    path = save(args.out_dir, model, variables, source=source, preprocessing=preset)
+    label = args.arch or f"VGG {model.arch}"
+    print(f"wrote {label} ({'with' if has_head else 'without'} head, {preset} input) to {path}")
     return 0

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from vgg_flax.arch import TORCHVISION_ARCHS
-from vgg_flax.cli import add_subcommand
+from vgg_flax.cli import add_subcommand, parity_training
 from vgg_flax.preprocessing import (
     CROP_SIZE,
     TORCHVISION_MEAN,
@@ -54,6 +54,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("arch", choices=list(TORCHVISION_ARCHS))
     parser.add_argument("--pth", help="weights to compare (default: seeded random weights)")
+    parser.add_argument(
+        "--keras",
+        nargs="?",
+        const="",
+        metavar="H5",
+        help="compare with Keras 3's vgg16/vgg19 instead, on this Keras weights file (without "
+        "H5: seeded random weights); BGR mean-subtracted inputs (vgg_flax.keras_parity)",
+    )
     parser.add_argument("--images", help="folder of images (default: random inputs)")
     parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=2, help="random inputs per run")
@@ -66,12 +74,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="precision of the gradient comparison (see vgg_flax.parity.compare)",
     )
     parser.add_argument("--train-bn", action="store_true", help="BatchNorm in training mode")
+    parity_training.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the layer-by-layer comparison; exit status 1 if any relative error exceeds 1e-4."""
     import torch  # before anything that might load TensorFlow
+
+    if args.keras is not None:
+        from vgg_flax.keras_parity import run_parity
+
+        return run_parity(args.arch, args.keras or None, args.size, args.batch, args.seed)
+
+    if args.train_steps:
+        return parity_training.run(args)
 
     from vgg_flax.parity import compare, torch_model
     from vgg_flax.pth import load_pth

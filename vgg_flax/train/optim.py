@@ -38,8 +38,9 @@ def l2_mask(params: Any, which: str = "kernels") -> Any:
 
 def l2_penalty(params: Any, mask: Any, weight_decay: float) -> jax.Array:
     """weight_decay / 2 * sum of squares of the masked parameters (gradient: weight_decay * w)."""
+    # At least float32 (bf16 would lose the sum); float64 parameters keep float64 (parity runs).
     leaves = [
-        jnp.sum(jnp.square(w.astype(jnp.float32)))
+        jnp.sum(jnp.square(w.astype(jnp.promote_types(w.dtype, jnp.float32))))
         for w, keep in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
         if keep
     ]
@@ -64,7 +65,7 @@ def plateau_scale() -> optax.GradientTransformation:
             best=jnp.array(-jnp.inf, jnp.float32),
             since_best=jnp.zeros((), jnp.int32),
             drops=jnp.zeros((), jnp.int32),
-            scale=jnp.ones((), jnp.float32),
+            scale=jnp.ones((), _rate_dtype()),
         )
 
     def update(updates: Any, state: PlateauState, params: Any = None) -> tuple[Any, PlateauState]:
@@ -99,11 +100,12 @@ def schedule(
         raise ValueError(f"the step schedule needs step_every >= 1 steps, got {step_every}")
 
     def rate(count: jax.Array) -> jax.Array:
-        value = jnp.asarray(base, jnp.float32)
+        dtype = _rate_dtype()
+        value = jnp.asarray(base, dtype)
         if name == "step":
-            value = value * jnp.asarray(factor, jnp.float32) ** step_drops(count, step_every)
+            value = value * jnp.asarray(factor, dtype) ** step_drops(count, step_every)
         if warmup_steps:
-            value = value * jnp.minimum(1.0, (count + 1) / warmup_steps).astype(jnp.float32)
+            value = value * jnp.minimum(1.0, (count + 1) / warmup_steps).astype(dtype)
         return value
 
     return rate
@@ -160,9 +162,14 @@ def record_evaluation(
         best=jnp.where(gain, accuracy, old.best),
         since_best=jnp.where(drop, 0, since).astype(jnp.int32),
         drops=(old.drops + drop).astype(jnp.int32),
-        scale=jnp.where(drop, old.scale * jnp.float32(factor), old.scale),
+        scale=jnp.where(drop, old.scale * jnp.asarray(factor, old.scale.dtype), old.scale),
     )
     return (*opt_state[:_PLATEAU], new, *opt_state[_PLATEAU + 1 :])
+
+
+def _rate_dtype() -> jnp.dtype:
+    # float32, or float64 under jax.enable_x64: a float64 parity run then schedules exactly.
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _leaf_name(path: tuple) -> str:

@@ -64,7 +64,9 @@ def make_train_step(
 
     Optimiser `tx` (`optim.make_optimizer`); loss: mean cross-entropy over the global batch plus
     the L2 term on the parameters `optim.l2_mask(params, l2_mask)` selects.
-    Dropout draws from fold_in(base key, step), so a resumed run draws the same masks. The
+    Dropout draws from fold_in(base key, step), so a resumed run draws the same masks, unless
+    the batch holds "dropout_masks" ({"fc6": keep, "fc7": keep}, as `VGG.__call__` takes
+    them): parity runs give both frameworks the same masks that way. The
     metric "params_finite" says whether every updated parameter is finite; "learning_rate" is
     the rate this step used.
     """
@@ -80,8 +82,11 @@ def make_train_step(
                 train=True,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
+                # Parity runs supply dropout's keep masks (PyTorch's too) instead of drawing them.
+                **({"dropout_masks": batch["dropout_masks"]} if "dropout_masks" in batch else {}),
             )
-            logits = logits.astype(jnp.float32)
+            # At least float32; float64 logits stay float64 (float64 parity runs).
+            logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
             l2 = optim.l2_penalty(params, optim.l2_mask(params, l2_mask), weight_decay)
             return ce + l2, (ce, l2, logits, updates.get("batch_stats", {}))

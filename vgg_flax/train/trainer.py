@@ -281,7 +281,13 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             shutil.rmtree(export, ignore_errors=True)
         if jax.process_count() > 1:  # every host takes part in an Orbax save
             multihost_utils.sync_global_devices("vgg_flax export")
-        loader.save(export, model, jax.device_get(model_variables(state)), step=step)
+        loader.save(
+            export,
+            model,
+            jax.device_get(model_variables(state)),
+            step=step,
+            preprocessing=data_config.normalize,  # what evaluating this model must feed it
+        )
     if step >= total_steps and jax.process_index() == 0:
         if os.path.exists(writer.path):
             metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
