@@ -5,10 +5,12 @@ child process per measurement (so each peak is its own), times:
   torch.load        torch's loader (the reference)
   load_pth          vgg-flax's reader alone (copies every storage, checks CRCs)
   from_torchvision  vgg-flax's reader and converter: the file's tensors to Flax variables
+  vgg_flax.load     the one loader (`vgg_flax.load(path, arch)`): reader, converter, the model,
+                    and the variables as JAX arrays
 and records how far the peak resident memory rises above the process's size after its
 imports. Sides alternate round by round; the file is read just before each run so every side
 finds it in the page cache. Targets (issue 3): from_torchvision within 1.5x torch.load's time,
-peak memory at most 2.5x the file size.
+peak memory at most 2.5x the file size (from_torchvision's; vgg_flax.load is shown beside it).
 
     .venv/bin/python benchmarks/convert.py                 # vgg16, zip format, 3 rounds
     .venv/bin/python benchmarks/convert.py --legacy --arch vgg19_bn --rounds 5
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import time
 
-SIDES = ("torch.load", "load_pth", "from_torchvision")
+SIDES = ("torch.load", "load_pth", "from_torchvision", "vgg_flax.load")
 
 
 def _status_mb(field: str) -> float:
@@ -58,8 +60,10 @@ def child(side: str, path: str, arch: str) -> None:
         result = torch.load(path, weights_only=True)
     elif side == "load_pth":
         result = vgg_flax.load_pth(path)
-    else:
+    elif side == "from_torchvision":
         result = vgg_flax.from_torchvision(path, arch)
+    else:
+        result = vgg_flax.load(path, arch)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_mb": _status_mb("VmHWM") - start_rss}))
     del result

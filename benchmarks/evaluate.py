@@ -18,14 +18,12 @@ import argparse
 import os
 import time
 
-import jax
 import numpy as np
-import torch  # torch before anything that may load TensorFlow (shared/ENVIRONMENT.md)
+import torch  # torch before anything that may load TensorFlow (docs/environment.md)
 import torchvision
 
-from vgg_flax import convert
+import vgg_flax
 from vgg_flax.evaluate import Scorer, evaluate_arrays
-from vgg_flax.model import create_model
 
 # Typical ILSVRC-2012 validation sizes (height, width): landscape, portrait, 3:2 and square.
 PHOTO_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333), (500, 500), (400, 500))
@@ -103,10 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     net = getattr(torchvision.models, args.arch)(weights=None).eval()
     head = torch_dense_head(net)
-    variables = convert.from_torchvision(
-        {k: v.numpy() for k, v in net.state_dict().items()}, args.arch
-    )
-    scorer = Scorer(create_model(args.arch), jax.tree.map(jax.numpy.asarray, variables))
+    scorer = Scorer(*vgg_flax.load(net.state_dict(), args.arch))
     examples = make_examples(args.images, args.scales)
 
     def ours():

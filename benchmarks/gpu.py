@@ -6,7 +6,7 @@ float32 (both at their default matmul precision, TF32 on NVIDIA tensor cores: JA
 `torch.set_float32_matmul_precision("high")`). PyTorch runs channels-last under `torch.compile`.
 Printed: images/s (median over the timed steps, after warm-up; compilation reported apart) and
 model FLOP utilisation, MFU = 3 x forward FLOPs x images/s / the chip's peak (forward FLOPs from
-`configs.count_macs`; backward counted as twice the forward). The parity check runs both
+`arch.count_macs`; backward counted as twice the forward). The parity check runs both
 forwards with the same weights at the highest precision (no TF32) and reports the largest logit
 difference.
 
@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch  # before anything that may load TensorFlow (shared/ENVIRONMENT.md)
+import torch  # before anything that may load TensorFlow (docs/environment.md)
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, replace_block  # noqa: E402
 
-from vgg_flax import configs  # noqa: E402
+from vgg_flax import arch  # noqa: E402
 
 ARCH = "vgg16"
 # Dense peak TFLOP/s by device-name fragment: (bf16, tf32). Unknown chips need --peak-tflops.
@@ -184,8 +184,7 @@ def parity(args: argparse.Namespace) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from vgg_flax.convert import from_torchvision
-    from vgg_flax.model import create_model
+    import vgg_flax
 
     _check_jax_backend(args)
     device = torch.device(args.device)
@@ -196,8 +195,7 @@ def parity(args: argparse.Namespace) -> dict[str, float]:
     images = torch.randn(args.parity_batch, 3, args.size, args.size)
     with torch.inference_mode():
         want = net.to(device)(images.to(device)).float().cpu().numpy()
-    variables = jax.tree.map(jnp.asarray, from_torchvision(net.cpu().state_dict(), ARCH))
-    model = create_model(ARCH, precision="highest")
+    model, variables = vgg_flax.load(net.cpu().state_dict(), ARCH, precision="highest")
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
     got = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
     diff = float(jnp.max(jnp.abs(got - jnp.asarray(want))))
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.device} (smoke test)"
     jax_version = importlib.metadata.version("jax")
     peaks = peak_tflops(name, args)
-    flops_per_image = 3 * 2 * configs.count_macs("D", args.size)
+    flops_per_image = 3 * 2 * arch.count_macs("D", args.size)
     rows = []
     for dtype in args.dtype:
         peak = None if peaks is None else peaks[0 if dtype == "bfloat16" else 1] * 1e12

@@ -9,7 +9,7 @@ tf.data with fused decode-and-crop and N threads; torchvision's is PIL + transfo
 with N worker processes. Prints images/s for each and the ratio (target: >= 1).
 """
 
-# torch and torchvision must be imported before TensorFlow (shared/ENVIRONMENT.md); the
+# torch and torchvision must be imported before TensorFlow (docs/environment.md); the
 # DataLoader also runs before TensorFlow is loaded so its worker processes fork a TF-free parent.
 import torch  # isort: skip
 import torchvision  # isort: skip

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch  # before anything that may load TensorFlow (shared/ENVIRONMENT.md)
+import torch  # before anything that may load TensorFlow (docs/environment.md)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import jax_side, parse_args, replace_block, torch_side  # noqa: E402

@@ -11,7 +11,11 @@ resident memory of each side, each measured in a fresh child process of its own.
     .venv/bin/python benchmarks/models.py --memory --markdown BENCHMARKS.md --label fp32
 
 `--variant` switches off this package's optimisations (benchmarks/BENCHMARKS.md explains them),
-to measure what each one is worth in the same run as PyTorch.
+to measure what they are worth in the same run as PyTorch: "plain" builds the model with
+`kernels="lax"` (standard lax ops on every platform) and compiles without vgg_flax.xla_options
+and without donation; "concurrent" only drops the compiler options, "no-donate" only the
+donation. Nothing here replaces an attribute of vgg_flax: every variant is a model field or a
+compile option.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 TASKS = ("forward", "train")
 DTYPES = ("float32", "bfloat16")
-VARIANTS = ("optimised", "plain", "plain-dw", "plain-head", "plain-pool", "no-donate", "concurrent")
+VARIANTS = ("optimised", "plain", "no-donate", "concurrent")
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 MARK = "<!-- benchmark:{} -->"
@@ -121,21 +125,16 @@ def torch_side(arch: str, task: str, args: argparse.Namespace) -> Callable[[], A
     return step
 
 
-def apply_variant(variant: str) -> None:
-    """Switch off some of vgg-flax's optimisations by swapping in the plain XLA operations."""
-    import flax.linen as nn
+def kernels_for(variant: str) -> str:
+    """The model's `kernels` field for a variant: "lax" (standard ops everywhere) for "plain"."""
+    return "lax" if variant == "plain" else "auto"
 
-    from vgg_flax import kernels, model
 
-    plain = variant == "plain"
-    if plain or variant == "plain-dw":  # kernel gradients as autodiff's convolution
-        kernels._windowed_conv = kernels._plain_conv
-    if plain or variant == "plain-head":  # fc6/fc7/fc8 (and 1x1 convs) as convolutions
-        kernels.conv2d = lambda x, k, padding, precision=None: kernels._windowed_conv(
-            x, k, padding, precision
-        )
-    if plain or variant == "plain-pool":  # reduce_window max pooling, select-and-scatter grad
-        model.max_pool_2x2 = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+def jit_options(variant: str) -> dict[str, str]:
+    """Compiler options for a variant: vgg_flax.xla_options's, or none ("plain", "concurrent")."""
+    from vgg_flax.xla_options import compiler_options
+
+    return {} if variant in ("plain", "concurrent") else compiler_options()
 
 
 def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[], Any], float]:
@@ -146,11 +145,9 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
     import optax
 
     from vgg_flax.model import create_model
-    from vgg_flax.xla_options import compiler_options
 
-    apply_variant(args.variant)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = create_model(arch, dtype=dtype)
+    model = create_model(arch, dtype=dtype, kernels=kernels_for(args.variant))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3), np.float32))
     labels = jnp.asarray(rng.integers(0, 1000, args.batch), jnp.int32)
@@ -158,7 +155,7 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
     start = time.perf_counter()
 
     if task == "forward":
-        options = {} if args.variant in ("plain", "concurrent") else compiler_options()
+        options = jit_options(args.variant)
         forward = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
         compiled = forward.lower(variables, images).compile()
         return (lambda: compiled(variables, images)), time.perf_counter() - start
@@ -193,7 +190,7 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
         return {"variables": {**variables, **updates, "params": params}, "opt": opt}, loss
 
     donate = () if args.variant in ("plain", "no-donate") else (0,)
-    options = {} if args.variant in ("plain", "concurrent") else compiler_options()
+    options = jit_options(args.variant)
     jitted = jax.jit(train_step, donate_argnums=donate, compiler_options=options)
     key = jax.random.key(1)
     compiled = jitted.lower(state, images, labels, key).compile()
@@ -209,28 +206,35 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
 
 
 def project_step(model, variables, images, labels, args) -> tuple[Callable[[], Any], float]:
-    """vgg-flax's own training step (vgg_flax/train/step.py) on a one-device mesh."""
+    """vgg-flax's own training step (vgg_flax/train/step.py) on a one-device mesh.
+
+    That step always donates its state and is jitted with vgg_flax.xla_options; for the variants
+    without those options ("plain", "concurrent") the scheduler is set back to XLA's default at
+    compile time (options given to `compile` override the jit's).
+    """
     import jax
-    import jax.numpy as jnp
 
     from vgg_flax.parallel import batch_sharding, make_mesh
+    from vgg_flax.train.optim import make_optimizer
     from vgg_flax.train.step import create_state, make_train_step
     from vgg_flax.xla_options import compiler_options
 
     start = time.perf_counter()
     mesh = make_mesh(jax.devices()[:1])
-    state = create_state(variables, jax.random.key(1), mesh, momentum=MOMENTUM)
+    tx = make_optimizer(lambda step: LEARNING_RATE, momentum=MOMENTUM)
+    state = create_state(variables, jax.random.key(1), mesh, tx)
     # L2 on every parameter, as PyTorch's weight_decay does.
-    fn = make_train_step(model, mesh, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, l2_mask="all")
+    fn = make_train_step(model, mesh, tx, weight_decay=WEIGHT_DECAY, l2_mask="all")
     batch = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
-    lr = jnp.float32(LEARNING_RATE)
-    options = {} if args.variant in ("plain", "concurrent") else compiler_options()
-    compiled = fn.lower(state, batch, lr).compile(compiler_options=options)
+    options = {}
+    if not jit_options(args.variant) and "xla_cpu_scheduler_type" in compiler_options():
+        options = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
+    compiled = fn.lower(state, batch).compile(compiler_options=options or None)
     seconds = time.perf_counter() - start
     box = [state]
 
     def step():
-        box[0], metrics = compiled(box[0], batch, lr)
+        box[0], metrics = compiled(box[0], batch)
         return metrics["loss"]
 
     step.compiled = compiled
@@ -410,6 +414,8 @@ def write_markdown(path: Path, label: str, report: dict[str, Any]) -> None:
 def replace_block(path: Path, label: str, lines: list[str]) -> None:
     """Write `lines` under a "### label" heading in the markdown file, replacing that label's
     earlier block (or appending one); text outside the blocks is kept. Written atomically."""
+    from vgg_flax.atomic import atomic_write
+
     block = "\n".join([MARK.format(label), f"### {label}", "", *lines, END.format(label)])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = text.find(MARK.format(label)), text.find(END.format(label))
@@ -417,9 +423,8 @@ def replace_block(path: Path, label: str, lines: list[str]) -> None:
         text = text[:start] + block + text[end + len(END.format(label)) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:  # a JAX child does not load PyTorch, so its memory is JAX's alone
         child_main(args)
         return
-    import torch  # noqa: F401  # before anything that may load TensorFlow (ENVIRONMENT.md)
+    import torch  # noqa: F401  # before anything that may load TensorFlow (docs/environment.md)
 
     results = []
     for arch in args.arch:
