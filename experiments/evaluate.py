@@ -17,7 +17,7 @@ import warnings
 from typing import Any
 
 from vgg_flax import preprocessing
-from vgg_flax.atomic import atomic_write
+from vgg_flax.atomic import atomic_write, check_output
 from vgg_flax.cli import HelpFormatter
 from vgg_flax.evaluate.protocols import PROTOCOLS
 
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vgg_flax import data
     from vgg_flax.evaluate import runner
 
+    if args.output:  # refused now, not after the whole evaluation
+        check_output(args.output)
     scales = args.scales or [preprocessing.TORCHVISION_RESIZE]
     data_config = data.default_config(**data_options(args))
     scorers = [runner.load_network(path, args.arch) for path in args.checkpoint]

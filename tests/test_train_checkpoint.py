@@ -74,3 +74,31 @@ def test_corrupt_checkpoint_is_refused_with_a_clear_error(tmp_path):
     fresh = checkpoint.training_manager(tmp_path)
     with pytest.raises(ValueError, match=r"checkpoint .*7 is corrupt"):
         checkpoint.restore_training(fresh, state_at(0), IDENTITY)
+
+
+def test_a_flipped_bit_in_the_state_data_is_refused(tmp_path):
+    # Orbax alone restores most flipped bits in the array data as changed values without a word.
+    manager = checkpoint.training_manager(tmp_path)
+    checkpoint.save_training(manager, 8, state_at(8), dict(IDENTITY))
+    files = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path / "8" / "state") for n in ns]
+    refused = 0
+    for data_file in (f for f in files if f"{os.sep}d{os.sep}" in f):
+        original = open(data_file, "rb").read()
+        for offset in range(0, len(original), max(1, len(original) // 5)):
+            flipped = bytearray(original)
+            flipped[offset] ^= 0x04
+            open(data_file, "wb").write(bytes(flipped))
+            try:  # either refused, or (a byte Orbax never reads) restored unchanged
+                state, _ = checkpoint.restore_training(
+                    checkpoint.training_manager(tmp_path), state_at(0), IDENTITY
+                )
+            except ValueError as error:
+                assert "8 is corrupt" in str(error) and str(tmp_path) in str(error)
+                refused += 1
+                continue
+            for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(state_at(8)), strict=True):
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        open(data_file, "wb").write(original)
+    assert refused >= 5
+    state, _ = checkpoint.restore_training(checkpoint.training_manager(tmp_path), None, IDENTITY)
+    assert int(state["step"]) == 8  # restored as saved (dicts, no target): the hash still holds

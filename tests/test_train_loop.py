@@ -136,6 +136,15 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
         variables["params"]["fc8"]["kernel"], want["params"]["fc8"]["kernel"]
     )
 
+    # A rerun of the finished workdir keeps its evaluation; summary.json stays strict JSON.
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    first = strict((run / "summary.json").read_text())
+    finish(start(str(run)))
+    again = strict((run / "summary.json").read_text())
+    assert first["eval"] and again["eval"] == first["eval"]
+
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from vgg_flax import data

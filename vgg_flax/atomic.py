@@ -9,6 +9,24 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def check_output(path: str | os.PathLike, *, new: bool = False) -> str:
+    """Refuse, before any work, an output whose folder is missing or not writable.
+
+    `new`: `path` must not exist yet (a checkpoint directory). Returns the absolute path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"cannot write {path}: the folder {folder} does not exist; create it first"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path}: the folder {folder} is not writable")
+    if new and os.path.exists(path):
+        raise ValueError(f"{path} already exists; choose a new path or remove the old one")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; rename it onto `path` on success.

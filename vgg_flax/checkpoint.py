@@ -2,18 +2,99 @@
 
 A model checkpoint is one Orbax directory with two items: `variables` (the Flax variables) and
 `metadata` (JSON: the model's architecture fields, so `vgg_flax.load` can rebuild the module).
+Every checkpoint written here records `content_sha256`, a SHA-256 over its arrays (names, dtypes,
+shapes and bytes); reading one recomputes it, so a flipped bit in the data is refused, not loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
+import json
+import numbers
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from vgg_flax import arch as arch_lib
+from vgg_flax.atomic import check_output
 from vgg_flax.model import ARCHITECTURE_FIELDS
+
+HASH_KEY = "content_sha256"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose arrays no longer match the hash recorded when it was written."""
+
+
+def content_hash(tree: Any) -> str:
+    """SHA-256 over a tree's arrays: each leaf's path, dtype, shape and bytes, in path order.
+
+    Paths are normalised (dict keys, attribute names and indices alike), so a tree restored as
+    dicts hashes like the dataclasses and tuples it was saved from.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    digest = hashlib.sha256()
+    for path, leaf in sorted(((_path(p), leaf) for p, leaf in leaves), key=lambda x: x[0]):
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{path}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    names = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    return "/".join(map(str, names))
+
+
+def verify(tree: Any, recorded: Any, where: str) -> None:
+    """Refuse `tree` unless its `content_hash` is `recorded` (None: written before hashes)."""
+    if recorded is None:
+        return
+    actual = content_hash(tree)
+    if actual != recorded:
+        raise CorruptCheckpointError(
+            f"checkpoint {where} is corrupt: its arrays hash to {actual[:16]}..., not the "
+            f"{str(recorded)[:16]}... recorded when it was written; use another copy"
+        )
+
+
+def check_metadata(metadata: Mapping[str, Any], where: str) -> None:
+    """Refuse metadata that cannot describe a VGG (unknown arch, non-positive sizes, ...)."""
+    problems = []
+    arch = metadata.get("arch")
+    width = metadata.get("width", 1.0)
+    if not _positive(width, numbers.Real):
+        problems.append(f"width {width!r} is not a positive number")
+        width = 1.0
+    if isinstance(arch, str) and arch not in arch_lib.ARCHS:
+        problems.append(f"arch {arch!r} is not one of {', '.join(arch_lib.ARCHS)}")
+    elif isinstance(arch, list | tuple):
+        try:
+            arch_lib.layers(tuple(arch), width)
+        except Exception as error:  # any fault in a layer list
+            problems.append(f"arch {arch!r} is not a valid layer list ({error})")
+    elif not isinstance(arch, str):
+        problems.append(f"arch {arch!r} is neither a name nor a layer list")
+    for field in ("num_classes", "head_width"):
+        if field in metadata and not _positive(metadata[field], numbers.Integral):
+            problems.append(f"{field} {metadata[field]!r} is not a positive integer")
+    if "batch_norm" in metadata and not isinstance(metadata["batch_norm"], bool):
+        problems.append(f"batch_norm {metadata['batch_norm']!r} is not true or false")
+    if metadata.get("pooling", "max") not in ("max", "avg"):
+        problems.append(f"pooling {metadata['pooling']!r} is not 'max' or 'avg'")
+    if problems:
+        raise ValueError(f"checkpoint {where} has invalid metadata: {'; '.join(problems)}")
+
+
+def _positive(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool) and value > 0
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -30,32 +111,56 @@ def save_model(
     """
     if "arch" not in metadata:
         raise ValueError("metadata needs an 'arch' entry (e.g. 'D') so load() can rebuild it")
-    path = os.path.abspath(os.fspath(directory))
-    if os.path.exists(path):
-        raise ValueError(f"{path} already exists; choose a new directory or remove the old one")
+    path = check_output(directory, new=True)
+    try:  # refused now rather than half-way through Orbax's save
+        json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metadata for {path} is not strict JSON: {error}") from error
     state = jax.tree.map(jax.device_get, dict(variables))
-    with _checkpointer() as checkpointer:
-        checkpointer.save(
-            path,
-            ocp.args.Composite(
-                variables=ocp.args.StandardSave(state),
-                metadata=ocp.args.JsonSave(dict(metadata)),
-            ),
-        )
+    _remove_partial(path)  # left by an earlier save that was killed
+    try:
+        with _checkpointer() as checkpointer:
+            checkpointer.save(
+                path,
+                ocp.args.Composite(
+                    variables=ocp.args.StandardSave(state),
+                    metadata=ocp.args.JsonSave({**metadata, HASH_KEY: content_hash(state)}),
+                ),
+            )
+    except BaseException:  # a full disk, Ctrl-C, ...: leave nothing half-written behind
+        _remove_partial(path)
+        raise
     return path
 
 
+def _remove_partial(path: str) -> None:
+    """Remove Orbax's temporary folders for `path` (it renames them onto `path` when done)."""
+    for partial in glob.glob(f"{glob.escape(path)}.orbax-checkpoint-tmp*"):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(partial)
+
+
 def read_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`(variables, metadata)` of a directory written by `save_model`, arrays in host memory."""
+    """`(variables, metadata)` of a directory written by `save_model`, arrays in host memory.
+
+    Raises `CorruptCheckpointError` when the arrays differ from the recorded content hash, and
+    ValueError for metadata that cannot describe a VGG, both naming the directory.
+    """
     path = _existing(directory)
     with _checkpointer() as checkpointer:
-        restored = checkpointer.restore(
-            path,
-            ocp.args.Composite(
-                variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()
-            ),
-        )
-    return dict(restored["variables"]), dict(restored["metadata"])
+        try:
+            restored = checkpointer.restore(
+                path,
+                ocp.args.Composite(
+                    variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:  # Orbax raises many types for damaged files
+            raise CorruptCheckpointError(f"checkpoint {path} is unreadable: {error}") from error
+    variables, metadata = dict(restored["variables"]), dict(restored["metadata"])
+    check_metadata(metadata, path)
+    verify(variables, metadata.get(HASH_KEY), path)
+    return variables, metadata
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
@@ -114,6 +219,7 @@ def save_training(
         )
     if step in manager.all_steps():
         return  # already written (e.g. the final save right after a periodic one)
+    meta = {**meta, HASH_KEY: content_hash(state)}
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -158,4 +264,10 @@ def restore_training(
             f"checkpoint {where} is corrupt or does not match this run's state: {error}; "
             "delete that step directory to resume from the one before"
         ) from error
+    try:
+        verify(restored["state"], meta.get(HASH_KEY), where)
+    except CorruptCheckpointError as error:
+        raise CorruptCheckpointError(
+            f"{error}; delete that step directory to resume from the one before"
+        ) from None
     return restored["state"], dict(meta)

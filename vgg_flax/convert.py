@@ -124,6 +124,7 @@ def from_torchvision(
     arch = arch or infer_arch(state)
     entries = torchvision_entries(arch, _num_classes(state))
     _check(state, entries, arch)
+    _check_values(state, entries)
     if head != "drop" and not _head_is_finite(state, entries):
         message = (
             f"the classifier (fc6-fc8) of these {arch} weights holds NaN or inf, so its head is "
@@ -279,6 +280,26 @@ def infer_arch(state: Mapping[str, Any]) -> str:
             "pass the architecture explicitly to see which tensors differ"
         )
     return found
+
+
+def _check_values(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...]) -> None:
+    """Weights must be floating point, and the conv trunk finite (the head is checked apart)."""
+    integer = [e.key for e in entries if state[e.key].dtype.kind in "biu"]  # bfloat16 is "V"
+    if integer:
+        raise ValueError(
+            f"weights {integer[:5]} are stored as integers ({state[integer[0]].dtype}), not "
+            "floating point: this is not a trained float checkpoint; re-save it in float32"
+        )
+    broken = [
+        e.key
+        for e in entries
+        if not e.layer.startswith("fc") and not np.isfinite(state[e.key]).all()
+    ]
+    if broken:
+        raise ValueError(
+            f"weights {broken[:5]} hold NaN or inf: the checkpoint is damaged or diverged; "
+            "use another copy of the weights"
+        )
 
 
 def _head_is_finite(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...]) -> bool:

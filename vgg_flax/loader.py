@@ -41,7 +41,7 @@ def load(
     """
     param_dtype = options.get("param_dtype")
     if isinstance(source, str | os.PathLike) and os.path.isdir(source):
-        variables, metadata = checkpoint.read_model(source)
+        variables, metadata = checkpoint.read_model(source)  # hash and metadata checked
         spec = {key: metadata[key] for key in ARCHITECTURE_FIELDS if key in metadata}
         model = create_model(**spec, **options)
     elif formats.is_foreign_file(source):  # Keras .h5 or Caffe .caffemodel

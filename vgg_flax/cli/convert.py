@@ -46,9 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert args.pth and write the checkpoint with its architecture recorded beside it."""
+    from vgg_flax.atomic import check_output
     from vgg_flax.formats import preset_for_file
     from vgg_flax.loader import load, save
 
+    check_output(args.out_dir, new=True)  # before seconds of reading and converting
     model, variables = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
     source, preset = os.path.basename(args.pth), preset_for_file(args.pth)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from vgg_flax import checkpoint, loader
 from vgg_flax.arch import arch_label
+from vgg_flax.atomic import atomic_write
 from vgg_flax.model import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
@@ -97,10 +98,28 @@ def check_config(config: Any) -> None:
             node = node[part]
         if node < 1:
             raise ValueError(f"{field} must be at least 1, got {node}")
+    rate = config.optim.learning_rate
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"optim.learning_rate must be a positive number, got {rate!r}")
+    if not 0 < config.optim.factor < 1:
+        raise ValueError(
+            f"optim.factor must lie strictly between 0 and 1 (each drop multiplies the learning "
+            f"rate by it), got {config.optim.factor!r}"
+        )
     if config.optim.schedule == "plateau" and config.optim.patience < 1:
         raise ValueError(
             f"optim.patience must be at least 1 evaluation, got {config.optim.patience}"
         )
+
+
+def _check_devices(config: Any, devices: int) -> None:
+    """Batches are split evenly over the devices: refuse sizes that do not divide."""
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % devices:
+            raise ValueError(
+                f"{field} {config[field]} is not divisible by the {devices} devices; use a "
+                f"multiple of {devices}"
+            )
 
 
 def train(config: Any, workdir: str) -> dict[str, Any]:
@@ -117,6 +136,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ----- Set up: hosts, devices, the mesh --------------------------------------------------
     initialize_distributed()
     mesh = make_mesh()
+    _check_devices(config, mesh.devices.size)
     os.makedirs(workdir, exist_ok=True)
     writer = metrics_lib.MetricsWriter(workdir)
 
@@ -212,6 +232,13 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         return _evaluate(eval_step, state, batches)
 
     # ----- Loop -----------------------------------------------------------------------------
+    stats_finite = jax.jit(
+        lambda stats: (
+            jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(stats)]))
+            if jax.tree.leaves(stats)
+            else jnp.bool_(True)
+        )
+    )
     last_eval: dict[str, float] = {}
     images_per_s = math.nan
     with (
@@ -226,11 +253,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             step += 1
             lr = step_metrics["learning_rate"]
-            params_finite = step_metrics.pop("params_finite") > 0
+            # BatchNorm's running statistics can overflow while loss and parameters stay finite.
+            params_finite = step_metrics.pop("params_finite") > 0 and bool(
+                stats_finite(state["batch_stats"])
+            )
             if not (math.isfinite(step_metrics["loss"]) and params_finite):
                 raise NonFiniteLossError(
                     f"non-finite training at step {step}: loss {step_metrics['loss']}, "
-                    f"parameters {'finite' if params_finite else 'not finite'} "
+                    f"parameters and BatchNorm statistics "
+                    f"{'finite' if params_finite else 'not finite'} "
                     f"(learning rate {lr:g}); the last good checkpoint is step "
                     f"{manager.latest_step()} in {manager.directory}; lower the learning rate, "
                     "add warm-up steps or check the input data"
@@ -263,6 +294,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     drops = int(optim.plateau(state["opt_state"]).drops)
     if config.optim.schedule == "step":
         drops += optim.step_drops(max(step - 1, 0), step_every)
+    previous = _read_summary(workdir)
+    if not last_eval:  # a rerun of a finished workdir: keep the evaluation it already made
+        last_eval = previous.get("eval") or {}
+        if not math.isfinite(images_per_s) and previous.get("images_per_s") is not None:
+            images_per_s = previous["images_per_s"]
     summary = {
         "step": step,
         "total_steps": total_steps,
@@ -275,26 +311,46 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "workdir": os.path.abspath(workdir),
     }
-    if step >= total_steps:
-        export = os.path.join(workdir, "model")
-        if jax.process_index() == 0:
-            shutil.rmtree(export, ignore_errors=True)
-        if jax.process_count() > 1:  # every host takes part in an Orbax save
-            multihost_utils.sync_global_devices("vgg_flax export")
-        loader.save(
-            export,
-            model,
-            jax.device_get(model_variables(state)),
-            step=step,
-            preprocessing=data_config.normalize,  # what evaluating this model must feed it
-        )
-    if step >= total_steps and jax.process_index() == 0:
-        if os.path.exists(writer.path):
-            metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-    writer.close()
+    try:
+        if step >= total_steps:
+            export = os.path.join(workdir, "model")
+            if jax.process_index() == 0:
+                shutil.rmtree(export, ignore_errors=True)
+            if jax.process_count() > 1:  # every host takes part in an Orbax save
+                multihost_utils.sync_global_devices("vgg_flax export")
+            loader.save(
+                export,
+                model,
+                jax.device_get(model_variables(state)),
+                step=step,
+                preprocessing=data_config.normalize,  # what evaluating this model must feed it
+            )
+    finally:  # the summary is kept even when the export or the plot fails
+        if step >= total_steps and jax.process_index() == 0:
+            _write_summary(workdir, summary)
+            if os.path.exists(writer.path):
+                metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
+        writer.close()
     return summary
+
+
+def _read_summary(workdir: str) -> dict[str, Any]:
+    """An earlier run's summary.json in `workdir`, or {} when there is none readable."""
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def _write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+    """summary.json as strict JSON (NaN/inf become null), written atomically."""
+    clean = jax.tree.map(
+        lambda x: None if isinstance(x, float) and not math.isfinite(x) else x, dict(summary)
+    )
+    with atomic_write(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(clean, f, indent=2, allow_nan=False)
 
 
 def start_from(
