@@ -2,9 +2,10 @@
 
 torchvision's modules get seeded random weights with non-trivial biases and BatchNorm statistics
 (`parity.randomize`). Activations and logits: max|diff| <= 1e-5 * max|torch value|, per layer.
-Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter,
-computed in float64 on both sides (in float32, max-pool near-ties route gradients differently on
-the two sides; see `vgg_flax.parity.compare`).
+Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter (at
+least 1e-3 of the net's largest gradient: `parity.with_floor`), computed in float64 on both
+sides (in float32, max-pool near-ties route gradients differently on the two sides; see
+`vgg_flax.parity.compare`).
 """
 
 import functools

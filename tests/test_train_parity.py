@@ -23,6 +23,28 @@ FLOAT32_LOSS_TOL = 1e-4
 PLATEAU = {"schedule": "plateau", "evaluations": ((3, 0.5), (4, 0.5)), "patience": 1}
 
 
+# First: this process is still small when the subprocess (a full vgg11_bn run) starts.
+def test_four_simulated_devices_match_one_torch_process():
+    # The CLI in a process of its own: XLA_FLAGS must be set before JAX starts.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    args = ["parity", "vgg11_bn", "--train-steps", "10", "--size", "64", "64", "--batch", "8"]
+    args += ["--dropout", "0.5", "--devices", "4", "--weight-decay", "5e-4"]
+    runner = os.path.join(os.path.dirname(__file__), "parity_runner.py")
+    done = subprocess.run(
+        [sys.executable, runner, *args], env=env, capture_output=True, text=True, timeout=900
+    )
+    print(done.stdout)  # the table, for `pytest -s`
+    assert done.returncode == 0, done.stdout + done.stderr  # 0: nothing parts beyond 1e-9
+    lines = done.stdout.splitlines()
+    assert "4 device(s)" in lines[0]
+    rows = [line.split() for line in lines if line[:4].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(1, 11))
+    for row in rows:
+        assert float(row[4]) <= LOSS_TOL, row  # loss rel
+        assert all(float(v) <= TENSOR_TOL for v in row[5:8]), row
+    assert "agree within 1e-09 (relative) at every step" in done.stdout
+
+
 @pytest.fixture(scope="module")
 def vgg11_float64():
     return compare_training("vgg11", TrainSetup(l2_mask="all", schedule="step", step_every=5))
@@ -66,30 +88,13 @@ def test_vgg11_bn_float64_matches_with_dropout_masks_and_a_plateau_drop(
 
 
 def test_float32_final_loss_agrees_and_drift_is_reported():
-    report = compare_training("vgg11", TrainSetup(dtype="float32", dropout=0.5))
+    # lr 1e-3 (the paper's 1e-2 scaled to batch 8): at 1e-2 this run is unstable, and float32's
+    # legitimate differences (max-pool near-ties route gradients differently) grow to 1e-3.
+    setup = TrainSetup(dtype="float32", dropout=0.5, learning_rate=1e-3)
+    report = compare_training("vgg11", setup)
     final = report.steps[-1]
     assert final.loss_rel <= FLOAT32_LOSS_TOL, final
     assert all("params" in s.worst for s in report.steps)  # the drift of every step
-
-
-def test_four_simulated_devices_match_one_torch_process():
-    # The CLI in a process of its own: XLA_FLAGS must be set before JAX starts.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    args = ["parity", "vgg11_bn", "--train-steps", "10", "--size", "64", "64", "--batch", "8"]
-    args += ["--dropout", "0.5", "--devices", "4", "--weight-decay", "5e-4"]
-    runner = os.path.join(os.path.dirname(__file__), "parity_runner.py")
-    done = subprocess.run(
-        [sys.executable, runner, *args], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout + done.stderr  # 0: nothing parts beyond 1e-9
-    lines = done.stdout.splitlines()
-    assert "4 device(s)" in lines[0]
-    rows = [line.split() for line in lines if line[:4].strip().isdigit()]
-    assert [int(r[0]) for r in rows] == list(range(1, 11))
-    for row in rows:
-        assert float(row[4]) <= LOSS_TOL, row  # loss rel
-        assert all(float(v) <= TENSOR_TOL for v in row[5:8]), row
-    assert "agree within 1e-09 (relative) at every step" in done.stdout
 
 
 def test_options_that_do_not_apply_are_clear_errors():

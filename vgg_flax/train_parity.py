@@ -16,6 +16,7 @@ Needs torch.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,6 +136,8 @@ def compare_training(
             if parted is None:
                 parted = _first_parting(row, diffs, threshold)
             final = [d for rows in diffs.values() for d in rows]
+        del ours, theirs
+    gc.collect()  # torch's optimiser and schedulers hold each other: free the nets now
     return TrainParityReport(arch, setup, threshold, steps, parted, final)
 
 
@@ -144,7 +147,8 @@ def format_report(report: TrainParityReport) -> str:
     lines = [
         f"{report.arch}: {setup.steps} training steps, batch {setup.batch} of "
         f"{setup.size[0]}x{setup.size[1]}, {setup.dtype}, {setup.devices} device(s) for vgg-flax, "
-        f"dropout {setup.dropout} (shared masks), schedule {setup.schedule}, "
+        f"{f'dropout {setup.dropout:g} (the same masks)' if setup.dropout else 'no dropout'}, "
+        f"schedule {setup.schedule}, "
         f"l2 {setup.l2_mask} {setup.weight_decay:g}, momentum {setup.momentum:g}",
         f"{'step':>4} {'lr':>10} {'loss vgg-flax':>18} {'loss torch':>18} {'loss rel':>9} "
         + " ".join(f"{kind + ' rel':>14}" for kind in KINDS),
