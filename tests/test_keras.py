@@ -138,7 +138,19 @@ def test_vgg16_without_top_gives_keras_pool5(vgg16_notop, layout):
     assert relative(pool5, vgg16_notop.outputs) < TOLERANCE
 
 
-@pytest.mark.parametrize("layout", ("legacy",))  # the released files' layout
+@pytest.fixture(scope="module")
+def vgg19_top(tmp_path_factory):
+    return Net(tmp_path_factory.mktemp("vgg19_top"), "vgg19", True, (224, 224), batch=1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vgg19_with_top_gives_keras_logits(vgg19_top, layout):
+    model, variables = vgg_flax.load(vgg19_top.files[layout])
+    assert (model.arch, model.num_classes) == ("E", 1000)
+    assert relative(run(model, variables, vgg19_top.images), vgg19_top.outputs) < TOLERANCE
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg19_without_top_gives_keras_pool5(vgg19_notop, layout):
     model, variables = vgg_flax.load(vgg19_notop.files[layout])
     assert model.arch == "E"

@@ -81,9 +81,13 @@ def test_every_layer_matches_torchvision(arch, size):
 
 
 def test_parity_cli_with_images_and_weights_file(tmp_path, capsys):
-    # A vgg11 state dict whose tensors are stride-0 expansions of random rows: a small file.
+    # A vgg11 state dict whose tensors repeat random rows, stored in full (the reader refuses
+    # stride-0 views that would expand far beyond the file's stored bytes).
     torch.manual_seed(0)
-    state = {e.key: torch.randn(e.shape[-1]).expand(e.shape) for e in torchvision_entries("vgg11")}
+    state = {
+        e.key: torch.randn(e.shape[-1]).expand(e.shape).contiguous()
+        for e in torchvision_entries("vgg11")
+    }
     torch.save(state, tmp_path / "vgg11.pth")
     rng = np.random.default_rng(0)
     for name, size in (("a.png", (300, 260)), ("b.jpg", (240, 320))):

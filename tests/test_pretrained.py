@@ -107,11 +107,12 @@ def test_reuses_torch_hub_copy(server, cache, tmp_path):
 def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     served, url = server
     (served / "models").mkdir()
-    # A real vgg11 state dict, each tensor a stride-0 expansion of a small random row: the file
-    # is tiny, the reader expands it to full size, and the values are still checkable.
+    # A real vgg11 state dict, each tensor a small random row repeated to full size (stored in
+    # full: the reader refuses files whose views would expand far beyond their stored bytes).
     torch.manual_seed(0)
     state = {
-        e.key: torch.randn(e.shape[-1]).half().expand(e.shape) for e in torchvision_entries("vgg11")
+        e.key: torch.randn(e.shape[-1]).half().expand(e.shape).contiguous()
+        for e in torchvision_entries("vgg11")
     }
     path = served / "models" / "tmp.pth"
     torch.save(state, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,12 @@ def keras_model(
         raise ValueError(f"keras.applications has no {network!r}; choose vgg16 or vgg19")
     keras = import_keras()
     keras.utils.set_random_seed(seed)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        # Keras seeds TensorFlow's global RNG too. Our weights need only Keras's own generator,
+        # and a global seed of 0 breaks every later tf.data shuffle with a tensor seed in this
+        # process (TensorFlow compares the seed pair with (0, 0) in Python).
+        tf.random.set_seed(None)
     build = getattr(keras.applications, KERAS_NETWORKS[network])
     model = build(
         weights=None,
