@@ -16,6 +16,9 @@ import pytest
 
 from vgg_flax.train_parity import TrainSetup, compare_training
 
+# Full-width float64 runs (8-13 GB each): before the rest of the suite grows this process.
+pytestmark = pytest.mark.big_memory
+
 LOSS_TOL = 1e-10
 TENSOR_TOL = 1e-9
 FLOAT32_LOSS_TOL = 1e-4
@@ -91,12 +94,11 @@ def test_vgg11_bn_float64_matches_with_dropout_masks_and_a_plateau_drop(
     assert "features.1.running_var" in names and "classifier.6.weight" in names
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
-def test_float32_final_loss_agrees_and_drift_is_reported(arch):
+def test_float32_final_loss_agrees_and_drift_is_reported():
     # lr 1e-3 (the paper's 1e-2 scaled to batch 8): at 1e-2 this run is unstable, and float32's
     # legitimate differences (max-pool near-ties route gradients differently) grow to 1e-3.
     setup = TrainSetup(dtype="float32", dropout=0.5, learning_rate=1e-3)
-    report = compare_training(arch, setup)
+    report = compare_training("vgg11", setup)
     final = report.steps[-1]
     assert final.loss_rel <= FLOAT32_LOSS_TOL, final
     assert all("params" in s.worst for s in report.steps)  # the drift of every step
