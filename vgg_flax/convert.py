@@ -143,7 +143,7 @@ def from_torchvision(
     for entry in entries:
         if head == "drop" and entry.layer.startswith("fc"):
             continue
-        value = _to_flax(state.pop(entry.key), entry.kind)  # pop: free each source early
+        value = to_flax_layout(state.pop(entry.key), entry.kind)  # pop: free each source early
         value = value if dtype is None else value.astype(dtype)
         variables.setdefault(entry.collection, {}).setdefault(entry.layer, {})[entry.name] = value
     return variables
@@ -175,7 +175,7 @@ def to_torchvision(
         except KeyError:
             missing.append(f"{entry.collection}/{entry.layer}/{entry.name}")
             continue
-        value = _to_torch(value, entry.kind)
+        value = to_torch_layout(value, entry.kind)
         if value.shape != entry.shape:
             wrong.append(f"{entry.layer}/{entry.name}: {value.shape} != {entry.shape}")
             continue
@@ -308,7 +308,8 @@ def _head_is_finite(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...]
     )
 
 
-def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
+def to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
+    """One torch tensor in vgg-flax's layout; `kind` is "conv", "fc6", "fc" or "vector"."""
     if kind == "vector":
         return np.array(value)
     # conv: OIHW -> HWIO; fc6: (out, C*7*7) in torch's flatten order -> a 7x7 conv kernel (HWIO);
@@ -319,7 +320,8 @@ def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
     return hwio.reshape(side, side, fan_in, out)
 
 
-def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
+def to_torch_layout(value: np.ndarray, kind: str) -> np.ndarray:
+    """The inverse of `to_flax_layout`: one vgg-flax array in torch's layout."""
     if kind == "vector":
         return np.array(value)
     side, _, fan_in, out = value.shape

@@ -76,14 +76,12 @@ def recorded_preprocessing(source: str | os.PathLike) -> str | None:
     """The input preprocessing the weights at `source` expect, where it is known.
 
     A vgg-flax checkpoint's recorded "preprocessing" (written by `vgg-flax convert` and by
-    training runs); "torchvision" for a `.pth` file; the authors' "caffe" for Keras and Caffe
-    files; None when nothing says.
+    training runs); for a weight file, `formats.preset_for_file` (the registry's preset, else
+    "caffe" for Keras and Caffe files and "torchvision" for `.pth` files); None otherwise.
     """
     if os.path.isdir(source):
         return checkpoint.read_metadata(source).get("preprocessing")
-    if formats.is_foreign_file(source):
-        return formats.SUFFIXES[os.path.splitext(os.fspath(source))[1].lower()]
-    return "torchvision" if _is_pth(source) else None
+    return formats.preset_for_file(source) if os.path.isfile(source) else None
 
 
 def _is_pth(source: Any) -> bool:

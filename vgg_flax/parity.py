@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
-from vgg_flax.convert import _to_torch, from_torchvision, torchvision_entries, torchvision_modules
+from vgg_flax.convert import (
+    from_torchvision,
+    to_torch_layout,
+    torchvision_entries,
+    torchvision_modules,
+)
 from vgg_flax.loader import load
 from vgg_flax.model import create_model
 
@@ -97,7 +102,7 @@ def torch_layout(variables: Mapping[str, Any], arch: str) -> Iterator[tuple[str,
     for entry in torchvision_entries(arch, num_classes):
         tree = params if entry.collection == "params" else stats
         if entry.name in tree.get(entry.layer, {}):
-            yield entry.key, _to_torch(np.asarray(tree[entry.layer][entry.name]), entry.kind)
+            yield entry.key, to_torch_layout(np.asarray(tree[entry.layer][entry.name]), entry.kind)
 
 
 def randomize(model: Any, seed: int = 0) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vgg_flax.arch import HEAD_INPUT_SIZE
-from vgg_flax.convert import _to_flax
+from vgg_flax.convert import to_flax_layout
 from vgg_flax.formats import check_head, protobuf
 
 _V1_TYPES = {4: "Convolution", 14: "InnerProduct"}
@@ -94,7 +94,7 @@ def from_caffe(
             if not _CONV.match(layer.name):
                 raise ValueError(f"{path}: convolution {layer.name!r} is not named convB_I")
             weight = _squeeze(path, layer.name, weight, 4)
-            kernel = _to_flax(weight, "conv")
+            kernel = to_flax_layout(weight, "conv")
             name = layer.name
         else:
             if inner >= len(_HEAD):
@@ -103,7 +103,7 @@ def from_caffe(
             weight = _squeeze(path, layer.name, weight, 2)
             if name == "fc6" and weight.shape[1] % HEAD_INPUT_SIZE**2:
                 raise ValueError(f"{path}: layer {layer.name!r} has {weight.shape[1]} inputs")
-            kernel = _to_flax(weight, "fc6" if name == "fc6" else "fc")
+            kernel = to_flax_layout(weight, "fc6" if name == "fc6" else "fc")
         if kernel.shape[-1] != bias.shape[0]:
             raise ValueError(f"{path}: layer {layer.name!r}: weights and bias disagree")
         if head == "drop" and name in _HEAD:
