@@ -93,9 +93,8 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run both sides and print images/s and the ratio."""
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict:
+    """Run both sides once after a warm-up: seconds, images/s, the time ratio and the check."""
     torch.set_num_threads(args.threads)
     flips = not args.no_flips
     torch.manual_seed(0)
@@ -114,20 +113,36 @@ def main(argv: list[str] | None = None) -> None:
     _, theirs_warm = timed(lambda: torch_dense(net, head, examples[:1], flips))
     got, ours_s = timed(ours)
     expected, theirs_s = timed(theirs)
-    n = len(examples)
+    return {
+        "images": len(examples),
+        "flips": flips,
+        "shapes": len(scorer.shapes),
+        "jax_warm_s": ours_warm,
+        "torch_warm_s": theirs_warm,
+        "jax_s": ours_s,
+        "torch_s": theirs_s,
+        "ratio": ours_s / theirs_s,
+        "max_log_posterior_gap": float(np.abs(np.log(got) - np.log(expected)).max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both sides and print images/s and the ratio."""
+    args = parse_args(argv)
+    r = measure(args)
+    n, flips, ours_s, theirs_s = r["images"], r["flips"], r["jax_s"], r["torch_s"]
     print(
         f"dense evaluation, {args.arch}, {n} images, Q={args.scales}, flips={flips}, "
         f"{os.cpu_count()} CPUs, torch threads {args.threads}"
     )
     print(
-        f"warm-up: vgg-flax {ours_warm:.1f} s (compiles {len(scorer.shapes)} shapes), "
-        f"torchvision {theirs_warm:.1f} s (one image)"
+        f"warm-up: vgg-flax {r['jax_warm_s']:.1f} s (compiles {r['shapes']} shapes), "
+        f"torchvision {r['torch_warm_s']:.1f} s (one image)"
     )
     print(f"vgg-flax:    {n / ours_s:.3f} images/s ({ours_s:.1f} s)")
     print(f"torchvision: {n / theirs_s:.3f} images/s ({theirs_s:.1f} s)")
     print(f"ratio vgg-flax/torchvision images/s: {theirs_s / ours_s:.2f}")
-    gap = np.abs(np.log(got) - np.log(expected)).max()
-    print(f"max |log-posterior difference| between the sides: {gap:.2e}")
+    print(f"max |log-posterior difference| between the sides: {r['max_log_posterior_gap']:.2e}")
 
 
 if __name__ == "__main__":

@@ -129,13 +129,14 @@ def jax_train(dtype: str, args: argparse.Namespace) -> tuple[float, float]:
     import optax
 
     from vgg_flax.model import create_model
+    from vgg_flax.train.init import init_variables
 
     _check_jax_backend(args)
     model = create_model(ARCH, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3), np.float32))
     labels = jnp.asarray(rng.integers(0, 1000, args.batch), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    params = init_variables(model, jax.random.key(0), args.size)["params"]
     tx = optax.chain(
         optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
     )

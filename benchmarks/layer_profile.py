@@ -25,7 +25,7 @@ import torch  # before anything that may load TensorFlow (docs/environment.md)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import jax_side, parse_args, replace_block, torch_side  # noqa: E402
 
-LAYER = re.compile(r"/(conv\d_\d|fc\d|pool\d|relu\d_\d|relu\d)/")
+LAYER = re.compile(r"/(conv\d_\d|bn\d_\d|fc\d|pool\d|relu\d_\d|relu\d)/")
 
 
 def jax_profile(args: argparse.Namespace, arch: str) -> dict[tuple[str, str], float]:

@@ -10,9 +10,13 @@ paper's numbers are in vgg_flax/preprocessing.py (IMAGENET_MEAN_RGB, IMAGENET_PC
 
 import argparse
 import json
+import os
+import sys
 
-from vgg_flax.cli import HelpFormatter
-from vgg_flax.data.stats import pixel_stats
+if __package__ in (None, ""):  # run as a file: find the repository's packages
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vgg_flax.cli import HelpFormatter  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +33,8 @@ def main() -> None:
     )
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
+    from vgg_flax.data.stats import pixel_stats  # TensorFlow: only once there is work to do
+
     options = {"source": args.source, "data_dir": args.data_dir, "folder": args.folder}
     if args.image_size:
         options["image_size"] = args.image_size

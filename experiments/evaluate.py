@@ -4,7 +4,14 @@ r"""Evaluate checkpoints with the paper's test protocols; print top-1/top-5 erro
         --scales 256 384 512 --dataset imagenet2012 --manual-dir ~/imagenet --output d.json
 
 Several `--checkpoint`s form an ensemble (posteriors averaged). Checkpoints are vgg-flax
-directories or torchvision `.pth` files (arch inferred from the tensors' shapes, or `--arch`).
+directories (a training run's model/ or checkpoints/<step>) or torchvision `.pth` files (arch
+inferred from the tensors' shapes, or `--arch`).
+
+What a checkpoint records sets the defaults: its input preprocessing, the input size it was
+trained at (crops and test scales follow it: a net trained on 32x32 digits is tested at its own
+size), the test scale Q and the flips of its training run's evaluation. So a run's model/ scores
+as its training run reported with no flags beyond the checkpoint and the dataset. A flag that
+contradicts a record is used, with a warning.
 """
 
 from __future__ import annotations
@@ -14,12 +21,17 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
-from vgg_flax import preprocessing
-from vgg_flax.atomic import atomic_write, check_output
-from vgg_flax.cli import HelpFormatter
-from vgg_flax.evaluate.protocols import PROTOCOLS
+if __package__ in (None, ""):  # run as a file (python experiments/evaluate.py): find the repo
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
+from vgg_flax import preprocessing  # noqa: E402
+from vgg_flax.atomic import atomic_write, check_output  # noqa: E402
+from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.evaluate.protocols import PROTOCOLS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--scales",
         nargs="+",
         type=int,
-        default=[preprocessing.TORCHVISION_RESIZE],
-        help="test scales Q (center: the resize before the 224 crop)",
+        default=None,
+        help="test scales Q (center: the resize before the crop); none: the Q the checkpoint's "
+        f"training run evaluated at, else {preprocessing.TORCHVISION_RESIZE} scaled to its input "
+        "size",
     )
-    parser.add_argument("--no-flips", action="store_true", help="skip horizontal flips")
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add horizontal flips (dense, multicrop); none: off when the checkpoint records "
+        "training without flips (e.g. digits), else on",
+    )
     add_dataset_options(parser)
     parser.add_argument(
         "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
@@ -65,6 +85,13 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="evaluate the first N images (none: all)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch at 224x224")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="crop size the nets were trained at; none: what the checkpoints record, else "
+        f"{preprocessing.CROP_SIZE}",
+    )
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +104,68 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("data_dir", "manual_dir", "folder"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    size = input_size(args.checkpoint, args.input_size)
+    if args.dataset == "digits" and size is not None:
+        options["image_size"] = size  # the digits are rendered at the size the net saw
     return options
+
+
+def recorded(checkpoints: Sequence[str], key: str) -> dict[str, Any]:
+    """path -> the value each checkpoint records under `key` (only those that record one)."""
+    from vgg_flax.loader import recorded_metadata
+
+    values = {path: recorded_metadata(path).get(key) for path in checkpoints}
+    return {path: value for path, value in values.items() if value is not None}
+
+
+def agreed(checkpoints: Sequence[str], key: str, flag: Any, name: str) -> Any:
+    """The checkpoints' common record of `key`, unless `flag` (named `name`) is given.
+
+    A flag that contradicts a record is used, with a warning; checkpoints that record different
+    values need the flag. None when nothing is recorded and no flag is given.
+    """
+    found = recorded(checkpoints, key)
+    known = {json.dumps(value) for value in found.values()}
+    if flag is not None:
+        if known - {json.dumps(flag)}:
+            warnings.warn(
+                f"{name} {flag} overrides the {key} the checkpoints record ({found}); expect "
+                "worse accuracy if they were trained otherwise",
+                stacklevel=2,
+            )
+        return flag
+    if len(known) > 1:
+        raise ValueError(f"the checkpoints record different {key} ({found}); pass {name} to choose")
+    return next(iter(found.values())) if found else None
+
+
+def input_size(checkpoints: Sequence[str], flag: int | None) -> int | None:
+    """The crop size the nets were trained at (None: unrecorded, the standard 224)."""
+    return agreed(checkpoints, "input_size", flag, "--input-size")
+
+
+def chosen_scales(checkpoints: Sequence[str], flag: Sequence[int] | None, size: int | None) -> list:
+    """Q: the flag, else the Q the training runs evaluated at, else 256 scaled to the input size."""
+    if flag:
+        return list(flag)
+    evaluated = set(recorded(checkpoints, "eval_scale").values())
+    if len(evaluated) == 1:
+        return [evaluated.pop()]
+    crop = size or preprocessing.CROP_SIZE
+    return [round(preprocessing.TORCHVISION_RESIZE * crop / preprocessing.CROP_SIZE)]
+
+
+def use_flips(checkpoints: Sequence[str], flag: bool | None) -> bool:
+    """Test-time flips: the flag, else off when every checkpoint records training without them."""
+    trained = recorded(checkpoints, "train_flip")
+    if flag is not None:
+        if flag and trained and not any(trained.values()):
+            warnings.warn(
+                f"--flips on nets trained without flips ({trained}); expect worse accuracy",
+                stacklevel=2,
+            )
+        return flag
+    return not trained or any(trained.values()) or len(trained) < len(checkpoints)
 
 
 def normalization(checkpoints: list[str], flag: str | None) -> str:
@@ -115,22 +203,27 @@ def normalization(checkpoints: list[str], flag: str | None) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as `args` say; returns the JSON result (also written to `args.output`)."""
+    import jax
     from tqdm import tqdm
 
     from vgg_flax import data
     from vgg_flax.evaluate import runner
+    from vgg_flax.train.trainer import initialize_distributed
 
+    # On several hosts (JAX_COORDINATOR_ADDRESS etc.) each host scores its slice of the split.
+    initialize_distributed()
     if args.output:  # refused now, not after the whole evaluation
         check_output(args.output)
-    scales = args.scales or [preprocessing.TORCHVISION_RESIZE]
+    size = input_size(args.checkpoint, args.input_size)
+    scales = chosen_scales(args.checkpoint, args.scales, size)
     data_config = data.default_config(**data_options(args))
-    scorers = [runner.load_network(path, args.arch) for path in args.checkpoint]
+    scorers = [runner.load_network(path, args.arch, size) for path in args.checkpoint]
     result = runner.evaluate_dataset(
         scorers,
         data_config,
         protocol=args.protocol,
         scales=scales,
-        flips=not args.no_flips,
+        flips=use_flips(args.checkpoint, args.flips),
         split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
@@ -143,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split or data_config.eval_split,
         **result,
     }
-    if args.output:
+    if args.output and jax.process_index() == 0:  # every host has the whole split's result
         with atomic_write(args.output, "w") as f:  # never a half-written result
             json.dump(result, f, indent=2)
     return result

@@ -9,7 +9,8 @@ jittering; default 256). Per checkpoint three passes are run: dense at Table 3's
 scale, dense and multi-crop at Table 4's test scales. Table 5's "dense+multicrop" averages the last
 two posteriors, and Table 6 averages every checkpoint's dense+multicrop posteriors (an ensemble),
 exactly what those protocols compute, without re-running the nets. The paper's numbers come from
-`experiments/paper_results.py`.
+`experiments/paper_results.py`. A net trained on crops under 224 (its checkpoint records its input
+size, e.g. 32 for the digits) is tested at the paper's scales Q shrunk in proportion.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+if __package__ in (None, ""):  # run as a file (python experiments/reproduce_tables.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import paper_results
-from experiments.evaluate import add_dataset_options, data_options
-from vgg_flax import arch
-from vgg_flax.atomic import atomic_write
-from vgg_flax.cli import HelpFormatter
-from vgg_flax.evaluate.metrics import TopKCounts
+# Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
+import numpy as np  # noqa: E402
+
+from experiments import paper_results  # noqa: E402
+from experiments.evaluate import add_dataset_options, data_options  # noqa: E402
+from vgg_flax import arch, preprocessing  # noqa: E402
+from vgg_flax.atomic import atomic_write  # noqa: E402
+from vgg_flax.cli import HelpFormatter  # noqa: E402
 
 Scale = int | tuple[int, int]
 Posteriors = dict[int, tuple[int, np.ndarray]]
@@ -65,6 +69,8 @@ def combine(runs: Sequence[Posteriors]) -> Posteriors:
 
 def errors(posteriors: Posteriors) -> dict[str, float]:
     """Top-1/top-5 error (%) of index -> (label, posterior)."""
+    from vgg_flax.evaluate.metrics import TopKCounts
+
     labels = np.array([label for label, _ in posteriors.values()])
     scores = np.stack([p for _, p in posteriors.values()])
     return TopKCounts().add(scores, labels).errors()
@@ -125,7 +131,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from vgg_flax import data
     from vgg_flax.evaluate import runner
+    from vgg_flax.evaluate.protocols import view_size
+    from vgg_flax.train.trainer import initialize_distributed
 
+    # On several hosts (JAX_COORDINATOR_ADDRESS etc.) each host scores its slice of the split;
+    # every host gets the whole split's posteriors, so all write the same tables.
+    initialize_distributed()
     specs = [parse_checkpoint(spec) for spec in args.checkpoint]
     args.checkpoint = [path for path, _ in specs]  # data_options looks at the file types
     data_config = data.default_config(**data_options(args))
@@ -151,7 +162,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
 
     for path, scale in specs:
-        scorer = runner.load_network(path, args.arch)
+        scorer = runner.load_network(path, args.arch, args.input_size)
+        # A net trained below 224 (e.g. on 32x32 digits) is tested at proportionally smaller Q.
+        shrink = view_size([scorer]) / preprocessing.CROP_SIZE
         net = arch.arch_label(scorer.model.arch) + ("-BN" if scorer.model.batch_norm else "")
         nets.append(net)
         passes = {}
@@ -165,7 +178,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 [scorer],
                 data_config,
                 protocol=protocol,
-                scales=scales,
+                scales=[round(q * shrink) for q in scales],
                 split=args.split,
                 limit=args.limit,
                 batch_size=args.batch_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline only): quiet
 
@@ -53,5 +54,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def print_help() -> None:
+    """The usage and this script's flags (absl's --help would exit with status 1)."""
+    print(__doc__)
+    print(flags.FLAGS.main_module_help())
+
+
 if __name__ == "__main__":
+    if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
+        print_help()
+        sys.exit(0)
     app.run(main)

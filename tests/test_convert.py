@@ -11,6 +11,7 @@ import torchvision
 import vgg_flax
 from vgg_flax.cli import main
 from vgg_flax.convert import UnusableHeadWarning, torchvision_entries
+from vgg_flax.loader import recorded_metadata
 from vgg_flax.parity import randomize
 
 
@@ -126,6 +127,9 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert "wrote vgg11_bn" in capsys.readouterr().out
     model, variables = vgg_flax.load(out)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 1000)
+    recorded = recorded_metadata(out)
+    assert recorded["input_size"] == 224 and recorded["preprocessing"] == "torchvision"
+    assert recorded["class_names"] == torchvision.models.VGG11_BN_Weights.DEFAULT.meta["categories"]
     back = vgg_flax.to_torchvision(variables, "vgg11_bn")
     for key, value in back.items():
         assert value.tobytes() == state[key].tobytes(), key

@@ -156,3 +156,93 @@ def test_evaluate_refuses_a_missing_output_folder_before_evaluating(tmp_path):
     )
     assert out.returncode != 0
     assert "does not exist; create it first" in out.stderr, out.stderr[-2000:]
+
+
+def test_non_finite_batchnorm_statistics_stop_the_run_and_keep_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    """BatchNorm's running statistics can overflow while the loss and parameters stay finite."""
+    from train_runner import small_config
+
+    from vgg_flax.train import trainer
+
+    make = trainer.make_train_step
+
+    def poisoned_step(*args, **kwargs):
+        step = make(*args, **kwargs)
+        calls = []
+
+        def run(state, batch):
+            state, metrics = step(state, batch)
+            calls.append(None)
+            if len(calls) == 2:  # the 2nd step: finite loss and parameters, inf statistics
+                stats = jax.tree.map(  # placed as the step placed them: nothing to compile
+                    lambda x: jax.device_put(np.full(x.shape, np.inf, x.dtype), x.sharding),
+                    state["batch_stats"],
+                )
+                state = {**state, "batch_stats": stats}
+            return state, metrics
+
+        return run
+
+    monkeypatch.setattr(trainer, "make_train_step", poisoned_step)
+    config = small_config({"checkpoint.every_steps": 1, "eval_every_steps": 100, "total_steps": 3})
+    with pytest.raises(
+        trainer.NonFiniteLossError,
+        match=r"at step 2: loss \d+\.\d+, parameters and BatchNorm statistics not finite.*"
+        r"is step 1 in",
+    ):
+        trainer.train(config, str(tmp_path))
+    manager = checkpoint.training_manager(tmp_path / "checkpoints")
+    identity = {"arch": "A", "batch_norm": True, "num_classes": 10, **TINY}
+    state, meta = checkpoint.restore_training(manager, None, identity)
+    assert meta["step"] == 1
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["batch_stats"]))
+
+
+def test_convert_on_a_full_disk_fails_clearly_and_leaves_nothing(tmp_path):
+    """A file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes every large write fail as a full
+    disk does (EFBIG instead of ENOSPC)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from vgg_flax.convert import torchvision_entries
+
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        e.key: torch.randn(e.shape, generator=generator).half()
+        if len(e.shape) == 4  # random convolutions: more than the limit even if compressed
+        else torch.zeros(e.shape, dtype=torch.float16)
+        for e in torchvision_entries("vgg11")
+    }
+    pth = tmp_path / "vgg11.pth"
+    torch.save(state, pth)
+    del state
+    out = tmp_path / "out" / "model"
+    out.parent.mkdir()
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Limits set in a small Python that then becomes the command (no preexec_fn: this process
+    # has threads). An ignored signal stays ignored across exec.
+    limited = (
+        "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
+        "os.execv(sys.executable, [sys.executable, '-c', "
+        "'import sys; from vgg_flax.cli import main; sys.exit(main())', *sys.argv[1:]])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limited, "convert", "vgg11", str(pth), str(out)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vgg-flax convert: error: could not write the checkpoint {out}")
+    assert "File too large" in last and "Nothing was left behind" in last
+    assert len(result.stderr.splitlines()) < 20  # not a page of tracebacks
+    assert os.listdir(out.parent) == []

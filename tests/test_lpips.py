@@ -125,6 +125,7 @@ def test_head_files_are_found_without_importing_and_verified(monkeypatch, tmp_pa
         assert path.endswith(os.path.join(f"v{version}", "vgg.pth"))
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
         assert digest == weights.LPIPS_VGG_HEADS[version]
+        assert os.path.getsize(path) == weights.LPIPS_VGG_HEAD_SIZES[version]
         reference = torch.load(path, map_location="cpu")
         heads = lpips_heads.read_heads(path)
         for index, head in enumerate(heads):

@@ -18,7 +18,15 @@ from PIL import Image
 from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
 from vgg_flax.cli import main
 from vgg_flax.convert import torchvision_entries
-from vgg_flax.parity import compare, torch_model
+from vgg_flax.parity import (
+    compare,
+    difference,
+    flax_layout,
+    layout_differences,
+    store_linear_transposed,
+    torch_layout,
+    torch_model,
+)
 
 ACTIVATION_TOL = 1e-5
 GRADIENT_TOL = 1e-4
@@ -104,3 +112,25 @@ def test_parity_cli_with_images_and_weights_file(tmp_path, capsys):
         assert f"\n{row} " in out, row
     assert "top-1 agreement: 100.0%" in out
     assert main(["parity", "vgg11", "--images", str(tmp_path / "missing")]) == 2
+
+
+def test_layout_differences_find_a_change_in_any_memory_order():
+    # A narrow head (fc6/fc7 of 16 units): flax_layout, torch_layout and the comparison by
+    # views (Linear weights stored (in, out)-major, as the training parity keeps them) agree.
+    net = torch_model("vgg11", seed=3, head_width=16)
+    variables = flax_layout(net.state_dict(), "vgg11")
+    variables["params"]["fc6"]["kernel"][2, 5, 100, 7] += 0.5
+    variables["params"]["conv2_1"]["kernel"][1, 0, 30, 4] -= 0.25
+    expected = {"classifier.0.weight": 0.5, "features.3.weight": 0.25}
+    mapped = dict(torch_layout(variables, "vgg11"))
+    for transposed in (False, True):
+        if transposed:
+            store_linear_transposed(net)
+            assert not net.classifier[0].weight.is_contiguous()
+        theirs = {key: value.detach().numpy() for key, value in net.state_dict().items()}
+        found = layout_differences(variables, "vgg11", theirs)
+        assert [d.name for d in found] == list(theirs)
+        assert {d.name: d.max_abs for d in found if d.max_abs} == pytest.approx(expected)
+        assert [d.max_abs for d in found] == [
+            difference(key, mapped[key], theirs[key]).max_abs for key in theirs
+        ]

@@ -41,8 +41,9 @@ def _xla_conv(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
 
 
 # (input side, kernel, padding): a trunk conv, the classifier's fc6 on a 7x7 map (one matrix
-# product), a 1x1 conv (fc7/fc8, config C), fc6 sliding over a larger map in dense mode.
-CASES = [(9, 3, 1), (7, 7, 0), (6, 1, 0), (10, 7, 0)]
+# product), a 1x1 conv (fc7/fc8, config C), fc6 sliding over a larger map in dense mode, and
+# trunk convs on the 2x2 and 1x1 maps that go through the im2col product.
+CASES = [(9, 3, 1), (7, 7, 0), (6, 1, 0), (10, 7, 0), (2, 3, 1), (1, 3, 1)]
 
 
 @pytest.mark.parametrize(("side", "k", "padding"), CASES)
@@ -60,6 +61,40 @@ def test_conv2d_and_its_gradients_match_plain_convolution(side, k, padding):
     rx, rw = jax.vjp(lambda a, b: _xla_conv(a, b, padding), x, w)[1](g)
     for got, want in ((dx, rx), (dw, rw)):
         assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5), (7, 7), (9, 8)])
+def test_fc6_with_pooling_folded_in_matches_torch(hw):
+    """fc6 after adaptive pooling to 7x7 (folded into the kernel on a 1x1 map) equals
+    torchvision's adaptive_avg_pool2d, flatten and Linear, with the input and weight gradients."""
+    rng = np.random.default_rng(sum(hw))
+    x = rng.standard_normal((3, *hw, 4)).astype(np.float32)
+    kernel = rng.standard_normal((7, 7, 4, 5)).astype(np.float32)
+    g = rng.standard_normal((3, 1, 1, 5)).astype(np.float32)
+    conv = kernels.Conv(5, 7, kernels="auto")
+    variables = {"params": {"kernel": kernel, "bias": np.zeros(5, np.float32)}}
+    y, pullback = jax.vjp(
+        lambda a, k: conv.apply(
+            {"params": {"kernel": k, "bias": variables["params"]["bias"]}}, a, pool_to=(7, 7)
+        ),
+        x,
+        kernel,
+    )
+    dx, dk = pullback(g)
+
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    # torchvision's fc6 weight is (out, c * 7 * 7) in (c, h, w) order; ours is HWIO.
+    wt = torch.from_numpy(kernel.transpose(3, 2, 0, 1).reshape(5, -1)).requires_grad_()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(xt, (7, 7)).flatten(1)
+    yt = pooled @ wt.T
+    yt.backward(torch.from_numpy(g.reshape(3, 5)))
+    want_dk = wt.grad.numpy().reshape(5, 4, 7, 7).transpose(2, 3, 1, 0)
+    for got, want in (
+        (np.asarray(y).reshape(3, 5), yt.detach().numpy()),
+        (dx, xt.grad.permute(0, 2, 3, 1).numpy()),
+        (dk, want_dk),
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 

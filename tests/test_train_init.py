@@ -71,3 +71,17 @@ def test_unsupported_sources_are_refused():
     assert np.all(
         np.asarray(list(warm_start_layers("vgg11", "vgg16"))) == list(recipe.WARM_START_LAYERS)
     )
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_fresh_init_equals_one_program_init(batch_norm):
+    # init_variables makes the parameters in several programs (largest first); each value must
+    # be exactly what Flax's one-program init gives for the same key.
+    model = tiny("A", batch_norm=batch_norm)
+    key = jax.random.key(7)
+    expected = jax.jit(model.init)(key, jnp.zeros((1, 32, 32, 3)))
+    # The two largest variables get programs of their own, as VGG16's fc6 and fc7 do.
+    sizes = sorted(x.nbytes for x in jax.tree.leaves(expected))
+    got = init_variables(model, key, 32, own_program_bytes=sizes[-2])
+    assert jax.tree.structure(got) == jax.tree.structure(dict(expected))
+    assert same(got, expected)

@@ -129,6 +129,8 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     assert {"loss", "learning_rate", "images_per_s"} <= set(records[0])
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tb"))
     assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((run / "config.json").read_text())  # the run's full config
+    assert config["arch"] == "A" and config["width"] == 0.125
     assert json.loads((run / "summary.json").read_text())["step"] == 6
     model, variables = vgg_flax.load(run / "model")
     assert model.arch == "A" and model.batch_norm and model.width == 0.125

@@ -27,6 +27,13 @@ def check_output(path: str | os.PathLike, *, new: bool = False) -> str:
     return path
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; rename it onto `path` on success.
@@ -44,6 +51,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part"
     )
     try:
+        # mkstemp creates the file 0600; the finished file gets the usual umask-based mode.
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, mode) as file:
             yield file
             file.flush()

@@ -2,6 +2,7 @@
 
 A model checkpoint is one Orbax directory with two items: `variables` (the Flax variables) and
 `metadata` (JSON: the model's architecture fields, so `vgg_flax.load` can rebuild the module).
+A training run's step directories (`checkpoints/<step>`) read as model checkpoints too.
 Every checkpoint written here records `content_sha256`, a SHA-256 over its arrays (names, dtypes,
 shapes and bytes); reading one recomputes it, so a flipped bit in the data is refused, not loaded.
 """
@@ -12,10 +13,13 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import numbers
 import os
 import shutil
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -31,6 +35,39 @@ HASH_KEY = "content_sha256"
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint whose arrays no longer match the hash recorded when it was written."""
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, a file size limit); nothing was left."""
+
+
+class _OneErrorNotMany(logging.Filter):
+    """Drops Orbax's per-thread tracebacks of a failed write: the error is raised once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "raised an exception" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _one_error_not_many() -> Iterator[None]:
+    """Quiet the echoes of one failed Orbax write: its threads' logged tracebacks, and the
+    "Event loop is closed" callbacks of writes still in flight after Orbax closed its loop."""
+    quiet, absl_log, previous = _OneErrorNotMany(), logging.getLogger("absl"), sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)
+        ):
+            previous(unraisable)
+
+    absl_log.addFilter(quiet)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        absl_log.removeFilter(quiet)
 
 
 def content_hash(tree: Any) -> str:
@@ -119,7 +156,7 @@ def save_model(
     state = jax.tree.map(jax.device_get, dict(variables))
     _remove_partial(path)  # left by an earlier save that was killed
     try:
-        with _checkpointer() as checkpointer:
+        with _one_error_not_many(), _checkpointer() as checkpointer:
             checkpointer.save(
                 path,
                 ocp.args.Composite(
@@ -127,26 +164,51 @@ def save_model(
                     metadata=ocp.args.JsonSave({**metadata, HASH_KEY: content_hash(state)}),
                 ),
             )
-    except BaseException:  # a full disk, Ctrl-C, ...: leave nothing half-written behind
+    except Exception as error:  # a full disk, a file size limit: leave nothing behind
+        with _one_error_not_many():
+            _remove_partial(path, settle_s=3.0)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path}: {error}. Nothing was left behind; free "
+            "disk space (or lift the file size limit) and run again"
+        ) from error
+    except BaseException:  # Ctrl-C: leave nothing half-written behind either
         _remove_partial(path)
         raise
     return path
 
 
-def _remove_partial(path: str) -> None:
-    """Remove Orbax's temporary folders for `path` (it renames them onto `path` when done)."""
-    for partial in glob.glob(f"{glob.escape(path)}.orbax-checkpoint-tmp*"):
-        with contextlib.suppress(OSError):
-            shutil.rmtree(partial)
+def _remove_partial(path: str, settle_s: float = 0.0) -> None:
+    """Remove Orbax's temporary folders for `path` (it renames them onto `path` when done).
+
+    `settle_s`: keep removing until none has reappeared for that long (at most 30 s): after a
+    failed write, Orbax's writers still in flight recreate folders there for a second or two.
+    """
+    deadline = time.monotonic() + 30.0
+    quiet_since = time.monotonic()
+    while True:
+        partials = glob.glob(f"{glob.escape(path)}.orbax-checkpoint-tmp*")
+        for partial in partials:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(partial)
+        now = time.monotonic()
+        if partials:
+            quiet_since = now
+        if now - quiet_since >= settle_s or now > deadline:
+            return
+        time.sleep(0.05)
 
 
 def read_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """`(variables, metadata)` of a directory written by `save_model`, arrays in host memory.
 
-    Raises `CorruptCheckpointError` when the arrays differ from the recorded content hash, and
+    A training step directory (or a run's `checkpoints/` folder: its latest step) gives the
+    model's params and BatchNorm statistics, with the step's metadata. Raises
+    `CorruptCheckpointError` when the arrays differ from the recorded content hash, and
     ValueError for metadata that cannot describe a VGG, both naming the directory.
     """
     path = _existing(directory)
+    if _is_training_step(path):
+        return _read_training_step(path)
     with _checkpointer() as checkpointer:
         try:
             restored = checkpointer.restore(
@@ -166,19 +228,59 @@ def read_model(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a directory written by `save_model` (no arrays are read)."""
     path = _existing(directory)
+    item = "meta" if _is_training_step(path) else "metadata"
     with _checkpointer() as checkpointer:
-        restored = checkpointer.restore(path, ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    return dict(restored["metadata"])
+        restored = checkpointer.restore(path, ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+    return dict(restored[item])
 
 
 def _existing(directory: str | os.PathLike) -> str:
+    """The absolute checkpoint path (a run's `checkpoints/` folder: its latest step)."""
     path = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(os.path.join(path, "variables")):
+    steps = sorted(int(name) for name in _listdir(path) if name.isdigit())
+    if not os.path.isdir(os.path.join(path, "variables")) and not _is_training_step(path):
+        if steps and _is_training_step(os.path.join(path, str(steps[-1]))):
+            return os.path.join(path, str(steps[-1]))
         raise ValueError(
-            f"{path} is not a vgg-flax checkpoint (no 'variables' item); write one with "
-            "vgg_flax.save or `vgg-flax convert`"
+            f"{path} is not a vgg-flax checkpoint (no 'variables' item, nor a training step's "
+            "'state' and 'meta'); write one with vgg_flax.save or `vgg-flax convert`, or pass a "
+            "training run's model/ or checkpoints/<step> folder"
         )
     return path
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _is_training_step(path: str) -> bool:
+    """A step directory of `training_manager`: items `state` and `meta`, no `variables`."""
+    return all(os.path.isdir(os.path.join(path, item)) for item in ("state", "meta"))
+
+
+def _read_training_step(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(variables, metadata)` of a training step directory: the model's part of its state.
+
+    The whole state (optimiser included) is read so that its recorded content hash can be checked.
+    """
+    with _checkpointer() as checkpointer:
+        try:
+            restored = checkpointer.restore(
+                path,
+                ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            )
+        except Exception as error:  # Orbax raises many types for damaged files
+            raise CorruptCheckpointError(f"checkpoint {path} is unreadable: {error}") from error
+    state, metadata = dict(restored["state"]), dict(restored["meta"])
+    check_metadata(metadata, path)
+    verify(state, metadata.get(HASH_KEY), path)
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+        variables["batch_stats"] = state["batch_stats"]
+    return variables, metadata
 
 
 # --- Training checkpoints (vgg_flax.train): one Orbax CheckpointManager per run ---

@@ -2,13 +2,15 @@
 
 Measured on XLA:CPU (benchmarks/BENCHMARKS.md): a 7x7 "convolution" over a 7x7 map is ~3x
 slower than the same contraction as one matrix product, forward and backward; the kernel
-gradient of a 3x3 convolution is up to 4x slower than one matrix product per kernel tap; and the
+gradient of a 3x3 convolution is up to 4x slower than one matrix product per kernel tap; the
 backward of `reduce_window` max pooling (select-and-scatter) is ~7x slower than routing the
-gradient through an explicit 2x2 mask. Each op here is a `custom_vjp` whose forward and backward
-pick, with `lax.platform_dependent`, the CPU formulation on CPUs and the standard `lax` op on
-every other platform (a program lowered for a GPU or TPU holds only the standard ops). Both
-compute the same sums; `max_pool_2x2` sends each window's gradient to its first maximum on every
-platform, as PyTorch does. `KERNELS = ("auto", "lax")`: "lax" uses the standard ops everywhere.
+gradient through an explicit 2x2 mask; and a convolution on a map with a side of 1 or 2 (conv5
+of a 32x32 input) is ~80x slower than its im2col product. Each op here is a `custom_vjp` whose
+forward and backward pick, with `lax.platform_dependent`, the CPU formulation on CPUs and the
+standard `lax` op on every other platform (a program lowered for a GPU or TPU holds only the
+standard ops). Both compute the same sums; `max_pool_2x2` sends each window's gradient to its
+first maximum on every platform, as PyTorch does. `KERNELS = ("auto", "lax")`: "lax" uses the
+standard ops everywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from vgg_flax.layers import adaptive_avg_pool
 
 KERNELS = ("auto", "lax")
 
@@ -45,10 +49,35 @@ def plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = N
     )
 
 
+# Maps with a side at most this long go through `_im2col`: XLA:CPU's convolution takes ~80x
+# longer than the product on a 2x2 map (batch 32, 512 -> 512 channels: 1.7 s vs 0.02 s), the
+# pool4 -> conv5 maps of 32x32 inputs; from 4x4 on the two are even and from 8x8 on XLA's wins.
+SMALL_MAP = 2
+
+
+def _im2col(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
+    # The kh * kw shifted copies of the padded map side by side in the channels, times the
+    # kernel flattened in the same (i, j, c) order: one product with the convolution's sums.
+    kh, kw, cin, cout = kernel.shape
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    padded = jnp.pad(x, pad)
+    n, height, width = x.shape[0], padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    cols = jnp.concatenate(
+        [padded[:, i : i + height, j : j + width] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    out = jnp.dot(
+        cols.reshape(n * height * width, kh * kw * cin),
+        kernel.reshape(kh * kw * cin, cout),
+        precision=precision,
+    )
+    return out.reshape(n, height, width, cout)
+
+
 def _as_matmul(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array | None:
     # A window that covers the whole (unpadded) map is one matrix product over the flattened
     # (h, w, c) axes, and a 1x1 kernel is one over the channels: the same sums as the
-    # convolution, in the layout XLA:CPU's matrix multiply is fastest at. None: neither case.
+    # convolution, in the layout XLA:CPU's matrix multiply is fastest at; on a small map, the
+    # im2col product. None: none of these cases.
     kh, kw, cin, cout = kernel.shape
     n, height, width, _ = x.shape
     if padding == 0 and (kh, kw) == (height, width):
@@ -59,6 +88,8 @@ def _as_matmul(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) ->
         flat = x.reshape(n * height * width, cin)
         out = jnp.dot(flat, kernel.reshape(cin, cout), precision=precision)
         return out.reshape(n, height, width, cout)
+    if min(height, width) <= SMALL_MAP:
+        return _im2col(x, kernel, padding, precision)
     return None
 
 
@@ -129,6 +160,11 @@ class Conv(nn.Module):
     """A stride-1 2D convolution with `nn.Conv`'s variables ("kernel" HWIO, "bias"), NHWC.
 
     `kernels`: "auto" (the CPU formulation on CPUs, `lax` elsewhere) or "lax" (always `lax`).
+    `pool_to` (call argument): adaptive average pooling (PyTorch's) of x to this size first, as
+    the classifier does before fc6. With "auto" and a 1x1 map (inputs of 32-63 pixels), the
+    pooling would repeat the pixel over the whole window; fc6 of that equals the pixel times the
+    kernel summed over the window, the same sums regrouped (float32 rounding), and the product
+    shrinks 49-fold, forward and backward.
     """
 
     features: int
@@ -142,12 +178,28 @@ class Conv(nn.Module):
     kernels: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Convolve x (N, H, W, Cin) and add the bias."""
+    def __call__(self, x: jax.Array, pool_to: tuple[int, int] | None = None) -> jax.Array:
+        """Convolve x (N, H, W, Cin), first pooled adaptively to `pool_to` if given; add bias."""
         k = self.kernel_size
         shape = (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        if pool_to is not None:
+            height, width = x.shape[1:3]
+            if self.kernels == "auto" and (height, width) == (1, 1) and self.padding == 0:
+                # Pooling repeats the pixel over the window (weight exactly 1): the window's sum,
+                # as a product with ones (XLA:CPU's reduce over the leading axes took 1.1 s for
+                # fc6's kernel, this product 0.02 s), accumulated in at least float32.
+                taps = k * k
+                total = jnp.dot(
+                    jnp.ones((taps,), kernel.dtype),
+                    kernel.reshape(taps, -1),
+                    precision=lax.Precision.HIGHEST,
+                    preferred_element_type=jnp.promote_types(kernel.dtype, jnp.float32),
+                )
+                kernel = total.astype(kernel.dtype).reshape(1, 1, *shape[2:])
+            else:
+                x = adaptive_avg_pool(x, pool_to)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         conv = conv2d if self.kernels == "auto" else plain_conv
         return conv(x, kernel, self.padding, self.precision) + bias

@@ -84,6 +84,15 @@ def recorded_preprocessing(source: str | os.PathLike) -> str | None:
     return formats.preset_for_file(source) if os.path.isfile(source) else None
 
 
+def recorded_metadata(source: str | os.PathLike) -> dict[str, Any]:
+    """What a vgg-flax checkpoint directory records beside its arrays ({} for weight files).
+
+    Training runs record "preprocessing", "input_size" (the crop size), "train_scale",
+    "eval_scale", "train_flip" and "class_names" where the dataset has them.
+    """
+    return checkpoint.read_metadata(source) if os.path.isdir(source) else {}
+
+
 def _is_pth(source: Any) -> bool:
     return isinstance(source, str | os.PathLike) and os.path.isfile(source)
 

@@ -117,6 +117,7 @@ def download_heads(
         head_url(version, base_url),
         cached_name(version),
         sha256=weights.LPIPS_VGG_HEADS[version],
+        size=weights.LPIPS_VGG_HEAD_SIZES[version],
         cache=cache,
         progress=progress,
     )

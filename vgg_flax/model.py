@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from vgg_flax import arch as arch_lib
 from vgg_flax.initializers import INITS, kernel_init
 from vgg_flax.kernels import Conv, check_kernels, pool_2x2
-from vgg_flax.layers import BatchNorm, adaptive_avg_pool, local_response_norm
+from vgg_flax.layers import BatchNorm, local_response_norm
 
 MODES = ("classify", "dense", "dense_map")
 # The fields that define a network's variables; checkpoints record them (see `architecture`).
@@ -134,15 +134,17 @@ class VGG(nn.Module):
             if keep(name, x):
                 return found
 
-        if mode == "classify":
-            x = adaptive_avg_pool(x, (arch_lib.HEAD_INPUT_SIZE,) * 2)
+        # classify: fc6 pools adaptively to its 7x7 window first (folded into it on a 1x1 map).
+        pool_to = (arch_lib.HEAD_INPUT_SIZE,) * 2 if mode == "classify" else None
         head = (
             ("6", self.head_width, arch_lib.HEAD_INPUT_SIZE),
             ("7", self.head_width, 1),
             ("8", self.num_classes, 1),
         )
         for suffix, width, kernel in head:
-            x = self._conv(f"fc{suffix}", width, kernel, head=True)(x)
+            x = self._conv(f"fc{suffix}", width, kernel, head=True)(
+                x, pool_to=pool_to if suffix == "6" else None
+            )
             if suffix == "8":
                 break
             if keep(f"fc{suffix}", self._squeeze(x, mode)):
@@ -241,14 +243,29 @@ def create_model(
     *,
     batch_norm: bool = False,
     num_classes: int = 1000,
+    pretrained: bool | str = False,
     **options: Any,
-) -> VGG:
+) -> VGG | tuple[VGG, dict[str, Any]]:
     """Build a VGG from a Table 1 name ("A", ..., "E"), a torchvision name or a layer list.
 
     torchvision's `_bn` names imply batch_norm=True. Other options are `VGG`'s fields: width,
     head_width, pooling, dropout_rate, weight_init, init_std, dtype, param_dtype, precision,
     kernels. E.g. `create_model("A", width=0.125, head_width=32)` is a narrow VGG-A.
+
+    Returns the module (Flax modules hold no weights; `model.init` makes them), except with
+    `pretrained`: True (torchvision's ImageNet weights of `arch`) or a name of
+    `vgg_flax.list_pretrained()` (e.g. "vgg16_bn") returns `(model, variables)`, downloaded once
+    by `vgg_flax.pretrained`; a `num_classes` other than the weights' gets a fresh fc8, drawn
+    from `key=` (PRNG key or int seed, default 0). See `vgg_flax.factory.pretrained_model`.
     """
+    if pretrained:
+        from vgg_flax.factory import pretrained_model  # imports the loader, which imports us
+
+        if not isinstance(arch, str):
+            raise ValueError("pretrained weights need an architecture name, not a layer list")
+        return pretrained_model(
+            arch, pretrained, batch_norm=batch_norm, num_classes=num_classes, **options
+        )
     if isinstance(arch, str):
         arch, named_bn = arch_lib.resolve(arch)
     else:

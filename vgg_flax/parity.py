@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
+from vgg_flax.arch import HEAD_INPUT_SIZE, HEAD_WIDTH, TORCHVISION_ARCHS, activation_names
 from vgg_flax.convert import (
     from_torchvision,
+    to_flax_layout,
     to_torch_layout,
     torchvision_entries,
     torchvision_modules,
@@ -34,6 +37,8 @@ from vgg_flax.model import create_model
 # rounding noise of ~1e-15 of the largest in float64, which the floor makes ~1e-12 (below the
 # training parity's 1e-9); a real error in a small tensor is of its own size and still shows.
 FLOOR_FRACTION = 1e-3
+# Elements per block of `difference` (8 MB in float64).
+_BLOCK = 1 << 20
 
 
 @dataclasses.dataclass
@@ -66,17 +71,85 @@ def difference(name: str, ours: Any, theirs: Any, floor: float = 0.0) -> Differe
     ours, theirs = np.asarray(ours), np.asarray(theirs)
     if ours.shape != theirs.shape:
         raise ValueError(f"{name}: shapes differ, ours {ours.shape} vs torch {theirs.shape}")
-    if not ours.size:
-        return Difference(name, 0.0, 0.0)
-    # Row by row in float64: no full-size float64 temporaries of fc6's 100M values.
-    rows_ours, rows_theirs = ours.reshape(len(ours), -1), theirs.reshape(len(theirs), -1)
+    if not ours.ndim:
+        ours, theirs = ours[None], theirs[None]
+    # Slices along the first axis, not reshaped rows: strided views stay views.
+    rows = _rows(ours)
+    blocks = (
+        (ours[start : start + rows], theirs[start : start + rows])
+        for start in range(0, len(ours), rows)
+    )
+    return _relative(_extremes(name, blocks), floor)
+
+
+def layout_differences(
+    variables: Mapping[str, Any], arch: str, theirs: Mapping[str, Any]
+) -> list[Difference]:
+    """`difference` of every tensor of `variables` with torch's tensor of the same key.
+
+    `theirs`: torchvision key -> array in torch's layout (a key missing there is skipped), in
+    any memory order. Nothing is converted whole: a torch array stored output-channel-minor
+    (Linear weights kept as the transpose of an (in, out) array, as `train_parity` does) is
+    compared as a view of vgg-flax's layout; others are re-laid a block of channels at a time.
+    Any head width works.
+    """
+    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+    found = []
+    for entry in torchvision_entries(arch):  # keys and layouts only; shapes come from the arrays
+        tree = params if entry.collection == "params" else stats
+        if entry.name not in tree.get(entry.layer, {}) or entry.key not in theirs:
+            continue
+        ours, torch_value = np.asarray(tree[entry.layer][entry.name]), np.asarray(theirs[entry.key])
+        if ours.size != torch_value.size or ours.shape[-1] != len(torch_value):
+            raise ValueError(
+                f"{entry.key}: shapes differ, ours {ours.shape} vs torch {torch_value.shape}"
+            )
+        view = _flax_view(torch_value, entry.kind)
+        if view.ndim < 2 or view.strides[-1] == view.itemsize:  # output channels innermost
+            # Both in the view's memory order: blocks read contiguous runs on both sides.
+            order = np.argsort([-abs(stride) for stride in view.strides], kind="stable")
+            found.append(difference(entry.key, ours.transpose(order), view.transpose(order)))
+            continue
+        rows = _rows(torch_value)
+        blocks = (  # output channels last in ours, first in torch's
+            (
+                ours[..., start : start + rows],
+                to_flax_layout(torch_value[start : start + rows], entry.kind),
+            )
+            for start in range(0, len(torch_value), rows)
+        )
+        found.append(_extremes(entry.key, blocks))
+    return found
+
+
+def _flax_view(value: np.ndarray, kind: str) -> np.ndarray:
+    """A torch-layout array seen in vgg-flax's layout (a view; see `convert.to_flax_layout`)."""
+    if kind == "conv":  # OIHW -> HWIO
+        return value.transpose(2, 3, 1, 0)
+    if kind == "fc6":  # (out, C*7*7) in torch's flatten order -> a 7x7 conv kernel
+        side = HEAD_INPUT_SIZE
+        split = value.reshape(len(value), -1, side, side)  # a view if the rows split cleanly
+        return split.transpose(2, 3, 1, 0)
+    if kind == "fc":  # (out, in) -> a 1x1 conv kernel
+        return value.T[None, None]
+    return value
+
+
+def _rows(value: np.ndarray) -> int:
+    # Blocks of about _BLOCK elements along the first axis: no full-size temporaries.
+    return max(1, _BLOCK * len(value) // max(value.size, 1))
+
+
+def _extremes(name: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Difference:
+    """max |a - b| and max |b| over (ours, theirs) blocks, in float64."""
     max_abs = scale = 0.0
-    for start in range(0, len(rows_ours), 256):
-        a = rows_ours[start : start + 256].astype(np.float64, copy=False)
-        b = rows_theirs[start : start + 256].astype(np.float64, copy=False)
-        max_abs = max(max_abs, float(np.max(np.abs(a - b))))
-        scale = max(scale, float(np.max(np.abs(b))))
-    return _relative(Difference(name, max_abs, 0.0, scale), floor)
+    for a, b in blocks:
+        if not b.size:
+            continue
+        d = np.subtract(a, b, dtype=np.float64)
+        max_abs = max(max_abs, float(d.max()), -float(d.min()))
+        scale = max(scale, float(b.max()), -float(b.min()))
+    return Difference(name, max_abs, 0.0, scale)
 
 
 def with_floor(differences: Iterable[Difference], fraction: float = FLOOR_FRACTION) -> list:
@@ -148,14 +221,30 @@ def float32_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
 
 
-def torch_model(arch: str, state: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> Any:
-    """torchvision's `arch` with `state` loaded strictly, or seeded random weights (`randomize`)."""
+def torch_model(
+    arch: str,
+    state: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    head_width: int = HEAD_WIDTH,
+) -> Any:
+    """torchvision's `arch` with `state` loaded strictly, or seeded random weights (`randomize`).
+
+    `head_width` (random weights only) replaces the 4096 units of fc6 and fc7, initialised as
+    torchvision initialises them: a full conv trunk with a small head (small float64 runs).
+    """
     import torch
     import torchvision
 
     torch.manual_seed(seed)
     if state is None:
         model = torchvision.models.get_model(arch, weights=None)
+        if head_width != HEAD_WIDTH:
+            widths = (model.classifier[0].in_features, head_width, head_width, 1000)
+            for index, (fan_in, fan_out) in zip((0, 3, 6), itertools.pairwise(widths), strict=True):
+                layer = torch.nn.Linear(fan_in, fan_out)
+                torch.nn.init.normal_(layer.weight, 0, 0.01)  # torchvision's VGG init
+                torch.nn.init.zeros_(layer.bias)
+                model.classifier[index] = layer
         randomize(model, seed)
     else:
         num_classes = int(np.shape(state["classifier.6.weight"])[0])
@@ -163,6 +252,19 @@ def torch_model(arch: str, state: Mapping[str, np.ndarray] | None = None, seed: 
         tensors = {key: torch.from_numpy(np.array(value)) for key, value in state.items()}
         model.load_state_dict(tensors, strict=True)
     return model.eval()
+
+
+def flax_layout(state: Mapping[str, Any], arch: str, dtype: Any = None) -> dict[str, Any]:
+    """The inverse of `torch_layout`: Flax variables of a torchvision state dict, any head width.
+
+    Unlike `convert.from_torchvision` it checks no shapes (for nets `torch_model` built).
+    """
+    variables: dict[str, Any] = {}
+    for entry in torchvision_entries(arch):  # keys and layouts only
+        value = to_flax_layout(np.asarray(state[entry.key]), entry.kind)
+        value = value if dtype is None else value.astype(dtype, copy=False)
+        variables.setdefault(entry.collection, {}).setdefault(entry.layer, {})[entry.name] = value
+    return variables
 
 
 def compare(
@@ -236,26 +338,47 @@ def gradient_differences(
     """
     import copy
 
-    import jax
-    import jax.numpy as jnp
-    import optax
     import torch
-
-    from vgg_flax.xla_options import compiler_options
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"gradient dtype must be float32 or float64, not {dtype!r}")
     check_train_bn(arch, train_bn)
-    # One side at a time, freeing as it goes: torch's float64 net lives only for its backward
-    # pass, JAX's float64 parameters are made leaf by leaf and become the gradients (donated).
+    # One side at a time, freeing as it goes. JAX first: its float64 parameters are made leaf by
+    # leaf and become the gradients (donated). Then torch's float64 net, whose gradients are
+    # compared as backward makes them and dropped at once, with JAX's of the same tensor.
+    ours = _jax_gradients(arch, torch_net, images, labels, train_bn, dtype)
+    entries = {e.key: e for e in torchvision_entries(arch) if e.collection == "params"}
+    found: dict[str, Difference] = {}
+
+    def compare_and_free(param: Any, key: str) -> None:
+        entry = entries[key]
+        grads = {"params": {entry.layer: {entry.name: ours[entry.layer].pop(entry.name)}}}
+        found[key] = layout_differences(grads, arch, {key: param.grad.numpy()})[0]
+        param.grad = None
+
     net = copy.deepcopy(torch_net).to(getattr(torch, dtype))  # leaves torch_net untouched
     _set_mode(net, train_bn)
     net.zero_grad(set_to_none=True)
+    order = [key for key, _ in net.named_parameters()]
+    for key, param in net.named_parameters():
+        param.register_post_accumulate_grad_hook(functools.partial(compare_and_free, key=key))
     with float32_precision():
         logits = net(torch.from_numpy(images.astype(dtype)))
         torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-    theirs = {key: p.grad for key, p in net.named_parameters()}
     del net, logits
+    return with_floor(found[key] for key in order)
+
+
+def _jax_gradients(
+    arch: str, torch_net: Any, images: np.ndarray, labels: np.ndarray, train_bn: bool, dtype: str
+) -> dict[str, dict[str, Any]]:
+    """vgg-flax's gradients of the mean cross-entropy in `dtype`, by layer and name."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from vgg_flax.xla_options import compiler_options
+
     with float32_precision(), jax.enable_x64(dtype == "float64"):
         float_type = getattr(jnp, dtype)
         variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
@@ -285,11 +408,22 @@ def gradient_differences(
         # donating the parameters lets the gradients take their memory.
         grad_fn = jax.jit(jax.grad(loss), donate_argnums=0, compiler_options=compiler_options())
         grads = grad_fn(variables.pop("params"))
-        differences = [
-            difference(key, ours, theirs.pop(key).numpy())
-            for key, ours in torch_layout({"params": grads}, arch)
-        ]
-    return with_floor(differences)
+        return {layer: dict(tree) for layer, tree in grads.items()}
+
+
+def store_linear_transposed(net: Any) -> None:
+    """Store every Linear weight of torch `net` (in, out)-major, as vgg-flax stores its kernels.
+
+    The same values in the same modules, only their memory order changes: gradients and SGD's
+    momentum buffers follow the weight's layout, so `layout_differences` compares them with
+    vgg-flax's as views, without transposing fc6's 100M values.
+    """
+    import torch
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight.detach().t().contiguous().t()
+            module.weight = torch.nn.Parameter(weight, requires_grad=module.weight.requires_grad)
 
 
 def _set_mode(net: Any, train_bn: bool) -> None:
@@ -317,7 +451,8 @@ def _forward_torch(
             outputs[name] = value.transpose(0, 2, 3, 1) if value.ndim == 4 else value
 
         hooks.append(modules[path].register_forward_hook(hook))
-    saved = {k: v.clone() for k, v in net.state_dict().items()} if train_bn else None
+    # Only the buffers (running statistics) change in a train-mode pass: save those, not fc6.
+    saved = {k: v.clone() for k, v in net.named_buffers()} if train_bn else None
     _set_mode(net, train_bn)
     try:
         with torch.no_grad():
@@ -332,7 +467,7 @@ def _forward_torch(
             handle.remove()
         net.eval()
         if saved is not None:
-            net.load_state_dict(saved)  # a train-mode pass updated the running statistics
+            net.load_state_dict(saved, strict=False)  # the pass updated the running statistics
     return outputs, stats
 
 

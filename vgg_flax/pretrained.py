@@ -1,27 +1,54 @@
 """torchvision's ImageNet weights (`vgg_flax.weights`): download once, verify, convert.
 
 Files are cached in `VGG_FLAX_CACHE` (default `~/.cache/vgg_flax`); a copy already in torch's hub
-cache is used in place. A download goes to a temporary file in the cache folder and is renamed
-only once its SHA-256 matches the prefix in its name, so the cache never holds a partial file.
+cache is used in place. A download streams into a per-process `.part` file in the cache folder,
+locked while it is written, and is renamed only once its size and SHA-256 match; it stops at the
+expected size (or `UNKNOWN_SIZE_LIMIT`) and when the server stalls for `timeout` seconds. On any
+error or SIGTERM the `.part` file is removed; one left by a killed process (SIGKILL) is unlocked,
+never read, and removed by the next download into that folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import http.client
 import os
 import re
+import secrets
+import signal
+import threading
+import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
 
 from vgg_flax import weights
-from vgg_flax.atomic import atomic_write
 from vgg_flax.loader import load
 from vgg_flax.model import VGG
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 _BLOCK = 1 << 20
+# A partial download: .<file>.<pid>-<random>.part (the pid says who wrote it, for people).
+_PARTIAL = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.part$")
+_STALE_AFTER_S = 60.0  # an unlocked partial this old is stale even if its pid was reused
+
+# Seconds a download may wait to connect or for its next bytes ($VGG_FLAX_DOWNLOAD_TIMEOUT).
+DEFAULT_TIMEOUT_S = 30.0
+# The cap on a file whose size the registry does not know: every published VGG weight file is
+# under 600 MB, so 1 GiB refuses an endless or wrong response long before the disk fills.
+UNKNOWN_SIZE_LIMIT = 1 << 30
+# Bytes allowed beyond a known size: the limit stops runaway responses, the hash decides what is
+# right, and a re-saved copy on a mirror (its digest given by the caller) may differ by a few bytes.
+SIZE_SLACK = 1 << 20
+
+
+class DownloadError(OSError):
+    """A download failed (unreachable, stalled, too large, cut short); nothing was cached."""
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> str:
@@ -45,11 +72,15 @@ def fetch(
     base_url: str | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    size: int | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Path of the weight file `file`, downloaded from `base_url` into the cache if needed.
 
     `base_url` defaults to $VGG_FLAX_BASE_URL or torchvision's server. A copy in torch's hub
     cache is used when its hash matches; a download that fails or mismatches leaves nothing.
+    `size` (bytes) defaults to the registry's (`weights.expected_size`); `timeout`: see
+    `download`.
     """
     match = _HASH_IN_NAME.search(file)
     if match is None or os.path.basename(file) != file:
@@ -61,7 +92,15 @@ def fetch(
             return candidate
     base_url = base_url or os.environ.get("VGG_FLAX_BASE_URL", weights.TORCHVISION_WEIGHTS_URL)
     url = base_url.rstrip("/") + "/" + file
-    return download(url, file, sha256=prefix, cache=cache, progress=progress)
+    return download(
+        url,
+        file,
+        sha256=prefix,
+        cache=cache,
+        progress=progress,
+        size=size if size is not None else weights.expected_size(file),
+        timeout=timeout,
+    )
 
 
 def download(
@@ -72,31 +111,151 @@ def download(
     md5: str | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    size: int | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Download `url` to `file` in the cache, kept only if its SHA-256 starts with `sha256`.
 
     `sha256` is the whole digest or a prefix of it; `md5` instead checks an MD5 (the digest
-    keras.applications publishes). A cached file that matches is used; a download that fails or
-    mismatches leaves nothing.
+    keras.applications publishes). `size`: the file's length in bytes, when known; a response
+    longer than `size + SIZE_SLACK` (without `size`: `UNKNOWN_SIZE_LIMIT`) is refused as it
+    arrives. `timeout`: seconds to wait for the connection or the next bytes (default
+    $VGG_FLAX_DOWNLOAD_TIMEOUT, else `DEFAULT_TIMEOUT_S`). A cached file that matches is used; a
+    download that fails, stalls, mismatches or is interrupted (SIGTERM included) raises
+    (`DownloadError`, or ValueError for a wrong digest) and leaves nothing in the cache.
     """
     algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
     if not expected:
         raise ValueError(f"download of {file}: give the expected sha256 or md5 digest")
-    folder = cache_dir(cache)
+    folder = os.path.abspath(cache_dir(cache))
     target = os.path.join(folder, file)
     if os.path.isfile(target) and _sha256(target, algorithm).startswith(expected):
         return target
     os.makedirs(folder, exist_ok=True)
-    # Raising inside the block leaves nothing in the cache: the file appears only when verified.
-    with atomic_write(target) as out, urllib.request.urlopen(url) as response:
-        digest = _download(response, out, file, progress, algorithm)
+    remove_stale_partials(folder)
+    limit = size + SIZE_SLACK if size is not None else UNKNOWN_SIZE_LIMIT
+    timeout = download_timeout() if timeout is None else float(timeout)
+    label = algorithm.upper().replace("SHA", "SHA-")
+    by_hand = (
+        f"To install it by hand, download {url} where the network allows it and copy it to "
+        f"{target} (cache folder {folder}, set by $VGG_FLAX_CACHE); its {label} must start "
+        f"with {expected[:16]}"
+    )
+    with _sigterm_raises(), _partial(folder, file) as (out, partial):
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            http_error = isinstance(error, urllib.error.HTTPError)  # its text has the status
+            reason = error if http_error else getattr(error, "reason", None) or error
+            raise DownloadError(f"cannot download {url}: {reason}. {by_hand}") from None
+        with response:
+            digest = _download(response, out, url, progress, algorithm, limit, by_hand)
         if not digest.startswith(expected):
             raise ValueError(
-                f"{url} has {algorithm.upper().replace('SHA', 'SHA-')} {digest[:16]}..., but "
-                f"{expected[:16]}... was expected: the "
+                f"{url} has {label} {digest[:16]}..., but {expected[:16]}... was expected: the "
                 "download is corrupt or the server holds another file; nothing was cached"
             )
+        out.flush()
+        os.fsync(out.fileno())
+        os.replace(partial, target)
     return target
+
+
+def download_timeout() -> float:
+    """Seconds a download waits to connect or for more bytes: $VGG_FLAX_DOWNLOAD_TIMEOUT or 30."""
+    text = os.environ.get("VGG_FLAX_DOWNLOAD_TIMEOUT")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"VGG_FLAX_DOWNLOAD_TIMEOUT={text!r}: give a positive number of seconds")
+    return value
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[str]:
+    """Remove the partial downloads in `folder` that no live download holds; returns them.
+
+    A download keeps its `.part` file locked; a process killed outright (SIGKILL) releases the
+    lock, so an unlocked partial whose writer is gone (or that is older than a minute) is stale.
+    """
+    removed = []
+    for name in os.listdir(folder):
+        match = _PARTIAL.match(name)
+        if match is None:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                old = time.time() - os.fstat(handle.fileno()).st_mtime > _STALE_AFTER_S
+                if old or not _alive(int(match.group(1))):
+                    os.unlink(path)
+                    removed.append(path)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live download holds it, or another process removed it first
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _partial(folder: str, file: str) -> Iterator[tuple[Any, str]]:
+    """A new locked `.part` file for `file` in `folder`, removed unless renamed away."""
+    path = os.path.join(folder, f".{file}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    out = open(path, "xb")
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        yield out, path
+    finally:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # renamed onto the target on success: nothing to remove
+        finally:
+            out.close()
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during a download (BaseException: no `except Exception` swallows it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into an exception so `.part` cleanup runs, then re-send it.
+
+    After the cleanup the previous handler is restored and the signal raised again, so the
+    process ends (or handles SIGTERM) exactly as it would have without the download.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)
+        raise DownloadError("download interrupted by SIGTERM; nothing was cached") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pretrained(
@@ -118,7 +277,9 @@ def pretrained(
         entry = weights.KERAS_WEIGHTS[name]
         base = base_url or os.environ.get("VGG_FLAX_BASE_URL", entry.url)
         url = base.rstrip("/") + "/" + entry.file
-        path = download(url, entry.file, md5=entry.md5, cache=cache, progress=progress)
+        path = download(
+            url, entry.file, md5=entry.md5, cache=cache, progress=progress, size=entry.size
+        )
         return load(path, entry.arch, head=head)
     if name not in weights.TORCHVISION_WEIGHTS:
         known = ", ".join([*weights.TORCHVISION_WEIGHTS, *weights.KERAS_WEIGHTS])
@@ -126,30 +287,57 @@ def pretrained(
             f"no torchvision weights named {name!r} (nor Keras ones); choose one of {known}"
         )
     entry = weights.TORCHVISION_WEIGHTS[name]
-    path = fetch(entry.file, base_url=base_url, cache=cache, progress=progress)
+    path = fetch(entry.file, base_url=base_url, cache=cache, progress=progress, size=entry.size)
     return load(path, entry.arch, head=head)
 
 
 def _download(
-    response: Any, out: Any, label: str, progress: bool, algorithm: str = "sha256"
+    response: Any,
+    out: Any,
+    url: str,
+    progress: bool,
+    algorithm: str,
+    limit: int,
+    by_hand: str,
 ) -> str:
+    """Stream `response` into `out` (at most `limit` bytes); returns the hex digest."""
     total = response.headers.get("Content-Length")
+    announced = int(total) if total and total.isdigit() else None
+    if announced is not None and announced > limit:
+        raise DownloadError(
+            f"{url} announces {announced} bytes, more than the {limit} allowed for this file "
+            "(its known size, or UNKNOWN_SIZE_LIMIT); nothing was downloaded"
+        )
     digest = hashlib.new(algorithm)
     received = 0
     with tqdm(
-        total=int(total) if total else None,
+        total=announced,
         unit="B",
         unit_scale=True,
-        desc=label,
+        desc=os.path.basename(url),
         disable=not progress,
     ) as bar:
-        while block := response.read(_BLOCK):
+        while True:
+            try:
+                block = response.read(min(_BLOCK, limit + 1 - received))
+            except (OSError, http.client.HTTPException) as error:  # a stall or a cut connection
+                reason = "timed out" if isinstance(error, TimeoutError) else error
+                raise DownloadError(
+                    f"download of {url} failed after {received} bytes: {reason}. {by_hand}"
+                ) from None
+            if not block:
+                break
+            received += len(block)
+            if received > limit:
+                raise DownloadError(
+                    f"{url} sent more than the {limit} bytes allowed for this file (its known "
+                    "size, or UNKNOWN_SIZE_LIMIT); nothing was cached"
+                )
             out.write(block)
             digest.update(block)
-            received += len(block)
             bar.update(len(block))
-    if total is not None and received != int(total):
-        raise ValueError(f"download of {label} stopped after {received} of {total} bytes")
+    if announced is not None and received != announced:
+        raise DownloadError(f"download of {url} stopped after {received} of {announced} bytes")
     return digest.hexdigest()
 
 

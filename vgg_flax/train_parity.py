@@ -9,7 +9,8 @@ times the rate of a `ReduceLROnPlateau` fed the same evaluations. Both start fro
 torchvision weights (`parity.torch_model`) and get the same batches; dropout is off or uses the
 same keep masks on both sides (`VGG(..., dropout_masks=...)`); BatchNorm trains with its
 running statistics. After every step the cross-entropies, every parameter, momentum buffer and
-running statistic are compared (`parity.difference`, relative to `parity.with_floor`'s floor).
+running statistic are compared (`parity.layout_differences`, relative to `parity.with_floor`'s
+floor); torch keeps its Linear weights (in, out)-major so that this needs no transposition.
 Needs torch.
 """
 
@@ -23,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch  # before anything that might load TensorFlow
 
+from vgg_flax.arch import HEAD_WIDTH
 from vgg_flax.parity import (
     Difference,
     check_train_bn,
-    difference,
+    flax_layout,
     float32_precision,
-    torch_layout,
+    layout_differences,
+    store_linear_transposed,
     torch_model,
     with_floor,
 )
@@ -63,6 +66,7 @@ class TrainSetup:
     dropout: float = 0.0
     devices: int = 1
     seed: int = 0
+    head_width: int = HEAD_WIDTH  # fc6/fc7 units on both sides (the conv trunk stays full)
 
 
 @dataclasses.dataclass
@@ -112,7 +116,8 @@ def compare_training(
 
     _check(arch, setup)
     threshold = THRESHOLDS[setup.dtype] if threshold is None else threshold
-    net = torch_model(arch, seed=setup.seed).to(getattr(torch, setup.dtype))
+    net = torch_model(arch, seed=setup.seed, head_width=setup.head_width)
+    net = net.to(getattr(torch, setup.dtype))
     steps, parted, final = [], None, []
     with float32_precision(), jax.enable_x64(setup.dtype == "float64"):
         ours = _FlaxRun(arch, net, setup)
@@ -121,7 +126,8 @@ def compare_training(
             loss_torch, lr_torch = theirs.step(index, batch)
             loss_ours, lr_ours = ours.step(index, batch)
             diffs = {
-                kind: _compare(ours.tensors(kind, arch), theirs.tensors(kind)) for kind in KINDS
+                kind: with_floor(layout_differences(ours.tensors(kind), arch, theirs.tensors(kind)))
+                for kind in KINDS
             }
             diffs = {kind: rows for kind, rows in diffs.items() if rows}
             row = StepComparison(
@@ -147,6 +153,7 @@ def format_report(report: TrainParityReport) -> str:
     lines = [
         f"{report.arch}: {setup.steps} training steps, batch {setup.batch} of "
         f"{setup.size[0]}x{setup.size[1]}, {setup.dtype}, {setup.devices} device(s) for vgg-flax, "
+        f"{'' if setup.head_width == HEAD_WIDTH else f'head width {setup.head_width}, '}"
         f"{f'dropout {setup.dropout:g} (the same masks)' if setup.dropout else 'no dropout'}, "
         f"schedule {setup.schedule}, "
         f"l2 {setup.l2_mask} {setup.weight_decay:g}, momentum {setup.momentum:g}",
@@ -180,6 +187,8 @@ def _check(arch: str, setup: TrainSetup) -> None:
         raise ValueError(f"dtype must be float64 or float32, not {setup.dtype!r}")
     if setup.steps < 1 or setup.batch < 2:
         raise ValueError("need at least 1 step and a batch of at least 2 (BatchNorm's variance)")
+    if setup.head_width < 1:
+        raise ValueError(f"head width must be at least 1, got {setup.head_width}")
     if setup.batch % setup.devices:
         raise ValueError(f"batch {setup.batch} does not split over {setup.devices} devices")
     if setup.evaluations and setup.schedule != "plateau":
@@ -204,10 +213,6 @@ def _batches(setup: TrainSetup, head_width: int) -> Iterator[dict[str, Any]]:
             shape = (setup.batch, head_width)
             batch["dropout_masks"] = {k: rng.random(shape) >= setup.dropout for k in _DROPOUTS}
         yield batch
-
-
-def _compare(ours: Iterator[tuple[str, np.ndarray]], theirs: dict[str, Any]) -> list[Difference]:
-    return with_floor(difference(key, value, theirs[key]) for key, value in ours)
 
 
 def _first_parting(
@@ -237,7 +242,7 @@ class _FlaxRun:
         import jax
         import jax.numpy as jnp
 
-        from vgg_flax.loader import load
+        from vgg_flax.model import create_model
         from vgg_flax.parallel import make_mesh
         from vgg_flax.train import optim
         from vgg_flax.train.step import create_state, make_train_step
@@ -249,10 +254,11 @@ class _FlaxRun:
                 f"devices with XLA_FLAGS=--xla_force_host_platform_device_count={setup.devices}"
             )
         dtype = getattr(jnp, setup.dtype)
-        self.model, variables = load(
-            net.state_dict(),
+        variables = flax_layout(net.state_dict(), arch, dtype)
+        self.model = create_model(
             arch,
-            head="keep",
+            num_classes=len(variables["params"]["fc8"]["bias"]),
+            head_width=setup.head_width,
             dropout_rate=setup.dropout,
             dtype=dtype,
             param_dtype=dtype,
@@ -294,14 +300,13 @@ class _FlaxRun:
             self.state = {**self.state, "opt_state": opt_state}
         return float(metrics["cross_entropy"]), float(metrics["learning_rate"])
 
-    def tensors(self, kind: str, arch: str) -> Iterator[tuple[str, np.ndarray]]:
-        """(torchvision key, array) of every parameter, momentum buffer or running statistic."""
+    def tensors(self, kind: str) -> dict[str, Any]:
+        """Flax variables of the parameters, the momentum buffers or the running statistics."""
         if kind == "params":
-            return torch_layout({"params": self.state["params"]}, arch)
+            return {"params": self.state["params"]}
         if kind == "momentum":
-            return torch_layout({"params": self.state["opt_state"][0].trace}, arch)
-        stats = {"batch_stats": self.state["batch_stats"], "params": self.state["params"]}
-        return (item for item in torch_layout(stats, arch) if ".running_" in item[0])
+            return {"params": self.state["opt_state"][0].trace}
+        return {"batch_stats": self.state["batch_stats"]}
 
 
 class _TorchRun:
@@ -315,6 +320,7 @@ class _TorchRun:
             net.classifier[index] = module
             self.masks[name] = module
         net.train()  # BatchNorm with batch statistics, updating its running ones
+        store_linear_transposed(net)  # compared as views, see layout_differences
         named = list(net.named_parameters())
         if setup.l2_mask == "all":
             groups = [{"params": [p for _, p in named], "weight_decay": setup.weight_decay}]

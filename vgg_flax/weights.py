@@ -34,17 +34,22 @@ class Weights:
     # Files not named -<sha256 prefix>.pth carry their server and published digest here.
     url: str | None = None
     md5: str | None = None
+    # The file's length in bytes, where published (downloads stop there); None: unknown, and a
+    # download is capped at vgg_flax.pretrained.UNKNOWN_SIZE_LIMIT instead.
+    size: int | None = None
 
 
+# Sizes as download.pytorch.org serves the files; those of vgg11, vgg13 (with and without BN) and
+# vgg16_features are not recorded here (downloads of them are capped, not sized).
 TORCHVISION_WEIGHTS: dict[str, Weights] = {
     "vgg11": Weights("vgg11", "vgg11-8a719046.pth", 69.020, 88.628),
     "vgg11_bn": Weights("vgg11_bn", "vgg11_bn-6002323d.pth", 70.370, 89.810),
     "vgg13": Weights("vgg13", "vgg13-19584684.pth", 69.928, 89.246),
     "vgg13_bn": Weights("vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586, 90.374),
-    "vgg16": Weights("vgg16", "vgg16-397923af.pth", 71.592, 90.382),
-    "vgg16_bn": Weights("vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516),
-    "vgg19": Weights("vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876),
-    "vgg19_bn": Weights("vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842),
+    "vgg16": Weights("vgg16", "vgg16-397923af.pth", 71.592, 90.382, size=553_433_881),
+    "vgg16_bn": Weights("vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516, size=553_507_836),
+    "vgg19": Weights("vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876, size=574_673_361),
+    "vgg19_bn": Weights("vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842, size=574_769_405),
     # Features only (its classifier holds NaN); RGB in 0-255 minus the mean, no std.
     "vgg16_features": Weights(
         "vgg16",
@@ -74,14 +79,24 @@ KERAS_WEIGHTS: dict[str, Weights] = {
         preprocessing="caffe",
         url=f"{KERAS_WEIGHTS_URL}vgg{depth}/",
         md5=md5,
+        size=size,
     )
-    for depth, suffix, md5 in (
-        (16, "", "64373286793e3c8b2b4e3219cbf3544b"),
-        (16, "_notop", "6d6bbae143d832006294945121d1f1fc"),
-        (19, "", "cbe5617147190e668d6c5d5026f83318"),
-        (19, "_notop", "253f8cb515780f3b799900260a226db6"),
+    for depth, suffix, md5, size in (
+        (16, "", "64373286793e3c8b2b4e3219cbf3544b", 553_467_096),
+        (16, "_notop", "6d6bbae143d832006294945121d1f1fc", 58_889_256),
+        (19, "", "cbe5617147190e668d6c5d5026f83318", 574_710_816),
+        (19, "_notop", "253f8cb515780f3b799900260a226db6", 80_134_624),
     )
 }
+
+
+def expected_size(file: str) -> int | None:
+    """The published length in bytes of the registry's weight file `file`, or None if unknown."""
+    for entry in (*TORCHVISION_WEIGHTS.values(), *KERAS_WEIGHTS.values()):
+        if entry.file == file:
+            return entry.size
+    return None
+
 
 # LPIPS's linear heads for the VGG trunk (Zhang et al., CVPR 2018), as the authors publish them in
 # their repository and the `lpips` package ships them (torchmetrics ships the v0.1 file too):
@@ -91,3 +106,5 @@ LPIPS_VGG_HEADS: dict[str, str] = {
     "0.1": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     "0.0": "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c",
 }
+# Their sizes in bytes: a download is refused as soon as it runs past them.
+LPIPS_VGG_HEAD_SIZES: dict[str, int] = {"0.1": 7289, "0.0": 6735}

@@ -13,6 +13,8 @@ SUBCOMMAND_MODULES = (
     "vgg_flax.cli.convert",
     "vgg_flax.cli.parity",
     "vgg_flax.cli.prepare_data",
+    "vgg_flax.cli.predict",
+    "vgg_flax.cli.export",
 )
 
 
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="vgg-flax",
-        description="The VGG networks in JAX/Flax: summary, weight conversion, parity, data.",
+        description="The VGG networks in JAX/Flax: summary, weight conversion, parity, data, "
+        "prediction.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('vgg-flax')}")

@@ -47,14 +47,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert args.pth and write the checkpoint with its architecture recorded beside it."""
     from vgg_flax.atomic import check_output
+    from vgg_flax.classes import imagenet_classes
     from vgg_flax.formats import preset_for_file
     from vgg_flax.loader import load, save
+    from vgg_flax.preprocessing import CROP_SIZE
 
     check_output(args.out_dir, new=True)  # before seconds of reading and converting
     model, variables = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
     source, preset = os.path.basename(args.pth), preset_for_file(args.pth)
-    path = save(args.out_dir, model, variables, source=source, preprocessing=preset)
+    # Published weights are ImageNet's, at 224x224: recorded so evaluate and predict need no flags.
+    usage = {"preprocessing": preset, "input_size": CROP_SIZE}
+    if has_head and model.num_classes == 1000:
+        usage["class_names"] = imagenet_classes()
+    path = save(args.out_dir, model, variables, source=source, **usage)
     label = args.arch or f"VGG {model.arch}"
     print(f"wrote {label} ({'with' if has_head else 'without'} head, {preset} input) to {path}")
     return 0

@@ -14,14 +14,13 @@ import numpy as np
 
 from vgg_flax.arch import TORCHVISION_ARCHS
 from vgg_flax.cli import add_subcommand, parity_training
+from vgg_flax.predict import image_files
 from vgg_flax.preprocessing import (
     CROP_SIZE,
     TORCHVISION_MEAN,
     TORCHVISION_RESIZE,
     TORCHVISION_STD,
 )
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def load_images(folder: str) -> np.ndarray:
@@ -32,9 +31,6 @@ def load_images(folder: str) -> np.ndarray:
 
     if not os.path.isdir(folder):
         raise ValueError(f"--images {folder}: no such folder")
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     transform = transforms.Compose(
         [
             transforms.Resize(TORCHVISION_RESIZE),
@@ -43,7 +39,7 @@ def load_images(folder: str) -> np.ndarray:
             transforms.Normalize(TORCHVISION_MEAN, TORCHVISION_STD),
         ]
     )
-    batch = [transform(Image.open(os.path.join(folder, f)).convert("RGB")) for f in files]
+    batch = [transform(Image.open(path).convert("RGB")) for path in image_files([folder])]
     return torch.stack(batch).numpy()
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from vgg_flax.train import optim, recipe
+from vgg_flax.arch import HEAD_WIDTH
+from vgg_flax.train import recipe
 
 DEFAULTS = {"lr": 0.01, "step_every": 5, "warmup_steps": 2}
 
@@ -28,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="base learning rate")
     group.add_argument("--momentum", type=float, default=recipe.MOMENTUM)
     group.add_argument("--weight-decay", type=float, default=recipe.WEIGHT_DECAY)
-    group.add_argument("--l2-mask", choices=optim.L2_MASKS, default="all")
-    group.add_argument("--schedule", choices=optim.SCHEDULES, default="step")
+    group.add_argument("--l2-mask", choices=recipe.L2_MASKS, default="all")
+    group.add_argument("--schedule", choices=recipe.SCHEDULES, default="step")
     group.add_argument("--lr-factor", type=float, default=recipe.LR_FACTOR)
     group.add_argument("--step-every", type=int, default=DEFAULTS["step_every"], metavar="STEPS")
     group.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
@@ -45,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dropout", type=float, default=0.0, help="dropout rate, the same masks on both sides"
     )
     group.add_argument("--devices", type=int, default=1, help="devices of vgg-flax's mesh")
+    group.add_argument(
+        "--head-width",
+        type=int,
+        default=HEAD_WIDTH,
+        help="units of fc6 and fc7 on both sides (a narrow head keeps float64 runs over several "
+        "simulated devices small; the conv trunk stays full)",
+    )
     group.add_argument(
         "--threshold", type=float, help="where the runs part (default: 1e-9 float64, 1e-4 float32)"
     )
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         devices=args.devices,
         seed=args.seed,
+        head_width=args.head_width,
     )
     report = compare_training(args.arch, setup, threshold=args.threshold)
     print(format_report(report))

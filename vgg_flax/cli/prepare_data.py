@@ -1,4 +1,8 @@
-"""`vgg-flax prepare-data`: build a TFDS dataset, e.g. imagenet2012 from the ILSVRC-2012 tars."""
+"""`vgg-flax prepare-data`: build a TFDS dataset, e.g. imagenet2012 from the ILSVRC-2012 tars.
+
+Datasets TFDS downloads (e.g. imagenette) need their host; offline the command stops at once,
+naming the URL: fetch the file elsewhere and pass its folder as --manual-dir.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--manual-dir",
         default=None,
         help="folder with the manual files (imagenet2012: ILSVRC2012_img_train.tar and "
-        "ILSVRC2012_img_val.tar)",
+        "ILSVRC2012_img_val.tar; offline, the files TFDS would download, e.g. imagenette2.tgz)",
     )
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir for the prepared dataset")
     parser.set_defaults(run=run)

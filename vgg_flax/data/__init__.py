@@ -1,10 +1,14 @@
 """Input pipeline: the paper's training and test preprocessing over TFDS sources.
 
-Needs the `data` extra (TensorFlow, TFDS). Names load lazily, so `vgg_flax.data.cli` stays light;
-import torch/torchvision before using this package if a process uses both.
+Needs the `data` extra (TensorFlow, TFDS). Names load lazily, so `vgg_flax.data.cli` stays light.
+torch/torchvision may be imported after this package: see vgg_flax/_import_order.py.
 """
 
 import importlib
+
+from vgg_flax._import_order import prepare_for_tensorflow
+
+prepare_for_tensorflow()  # before any submodule imports TensorFlow
 
 _EXPORTS = {
     "default_config": "vgg_flax.data.config",

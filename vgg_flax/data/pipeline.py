@@ -5,13 +5,16 @@ function of (seed, host, epoch): epoch e is the slice shuffled with a seed drawn
 and the augmentation of the element at stream position p uses a key folded from (seed, host, p).
 The iterator state is the stream position, so resuming rebuilds the stream and skips records
 before anything is decoded. Undecodable images are dropped by tf.data; the positions that go
-missing are noticed here, and either raise an error naming the file or are counted.
+missing are noticed here, and either raise an error naming the file or are counted. A training
+stream that meets MAX_CONSECUTIVE_FAILURES undecodable images in a row stops with an error in
+either mode, rather than searching its endless epochs for an image that decodes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,10 +30,13 @@ from vgg_flax.data import preprocess, sources
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
+# Undecodable training images in a row after which the stream stops with CorruptImageError (in
+# either on_corrupt mode): an unreadable split would otherwise be searched forever.
+MAX_CONSECUTIVE_FAILURES = 1000
 
 
 class CorruptImageError(ValueError):
-    """An image could not be decoded."""
+    """An image could not be read or decoded, or is too large to process."""
 
 
 def host_range(num_examples: int, index: int, count: int) -> tuple[int, int]:
@@ -134,7 +140,10 @@ def _describer(records: tf.data.Dataset, transform):
     """position -> (key, error) by replaying the record stream without decoding (error path)."""
 
     def describe(position: int) -> tuple[str, str]:
-        ex = next(iter(records.skip(position).take(1)))
+        try:
+            ex = next(iter(records.skip(position).take(1)))
+        except tf.errors.OpError as err:  # the file itself cannot be read (its path is named)
+            return f"at position {position}", _short_message(err.message)
         key = ex["key"].numpy().decode()
         try:
             transform(ex)
@@ -147,7 +156,12 @@ def _describer(records: tf.data.Dataset, transform):
 
 def _short_message(message: str) -> str:
     """TensorFlow's error text without its graph-node prefix and op suffix."""
-    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message)
+    message = re.sub(r"\[\[\{\{[^}]*\}\}\]\]|\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", message)
+    message = re.sub(r"Error in user-defined function .*? with iterator: \S+: ", "", message)
+    # A failed size check, as graphs ("assertion failed: [...]") and eager code word it.
+    message = re.sub(r"assertion failed: \[(.*)\]", r"\1", message)
+    message = re.sub(r"Expected .*? to be true\. Summarized data: b'(.*)'", r"\1", message)
+    message = re.sub(r"\s*name:\s*$", "", message)
     return " ".join(message.split()).rstrip(".")
 
 
@@ -187,15 +201,22 @@ class TrainIterator:
         per_epoch = self.stop - self.start
         first_epoch, offset = divmod(self.position, per_epoch)
         ds = self._records(first_epoch).skip(offset)  # before decoding: cheap
+        # The stream ends once a record lies too far past the last image that decoded (the
+        # parallel map may run ahead of it by its buffer: allowed for in the margin).
+        last_good = tf.Variable(tf.constant(self.position - 1, tf.int64), trainable=False)
+        limit = MAX_CONSECUTIVE_FAILURES + 4 * (os.cpu_count() or 1) + self.local_batch_size
+        ds = ds.take_while(lambda ex: ex["position"] - last_good.read_value() <= limit)
         ds = ds.map(
             _train_transform(self.cfg, self.seed, self.host),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         ).ignore_errors()
+        ds = ds.map(lambda ex: _noted(ex, last_good))  # sequential: positions arrive in order
         ds = ds.batch(self.local_batch_size, drop_remainder=True).prefetch(self.cfg["prefetch"])
         return _with_options(ds, self.cfg)
 
     def _describe(self, position: int) -> tuple[str, str]:
+        """(key, error) of the record at stream `position` (an image that failed)."""
         per_epoch = self.stop - self.start
         epoch, offset = divmod(position, per_epoch)
         transform = _train_transform(self.cfg, self.seed, self.host)
@@ -207,7 +228,17 @@ class TrainIterator:
     def __next__(self) -> dict[str, jax.Array]:
         if self._iterator is None:
             self._iterator = self.dataset().as_numpy_iterator()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:  # only the failure guard ends the endless stream
+            self._iterator = None
+            key, message = self._describe(self.position)
+            raise CorruptImageError(
+                f"more than {MAX_CONSECUTIVE_FAILURES} images in a row of split "
+                f"{self.cfg['split']!r} ({self.source.name}) cannot be decoded, from stream "
+                f"position {self.position}; the first, {key}: {message}. Check that the split "
+                "holds readable images (on_corrupt='skip' skips only a few bad ones)"
+            ) from None
         self.position = self._tracker.check(batch["position"], self.position)
         self.batches += 1
         local = {"image": batch["image"], "label": batch["label"]}
@@ -243,6 +274,12 @@ class TrainIterator:
         self.position = int(positions[self.host])
         self._tracker.skipped = int(state.get("skipped", [0] * self.hosts)[self.host])
         self._iterator = None
+
+
+def _noted(ex: dict[str, tf.Tensor], last_good: tf.Variable) -> dict[str, tf.Tensor]:
+    """`ex`, after recording its position as the last one that decoded."""
+    with tf.control_dependencies([last_good.assign(ex["position"])]):
+        return {k: tf.identity(v) for k, v in ex.items()}
 
 
 def train_iterator(

@@ -6,6 +6,8 @@ that the crop needs (fused `decode_and_crop_jpeg` for JPEG bytes) with a transla
 bilinear resample (`ScaleAndTranslate`, the kernel behind `tf.image.resize(antialias=True)`), so the
 result equals resizing the whole image and then cropping, without decoding or resizing the rest.
 Pixels are rounded to 8-bit after the resample, as PIL, torchvision and Caffe produce them.
+Sizes are checked from the file header before any decoding (`MAX_PIXELS`), and the whole
+rescaled image of dense evaluation against `MAX_SCALED_PIXELS`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,69 @@ JPEG_DCT = "INTEGER_ACCURATE"
 
 # (height, width) -> (new_h, new_w, top, left, crop_h, crop_w), all int32 scalars.
 Plan = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, ...]]
+
+# The most pixels an image may declare; refused from its header, before decoding. PIL's
+# decompression-bomb limit: a 746 KB PNG can declare 16000x16000 pixels (768 MB decoded).
+MAX_PIXELS = 89_478_485
+# The most pixels of a whole rescaled image (dense evaluation, `whole_plan`): at Q=256 a
+# 20000x10 image becomes 512000x256 and would ask XLA for tens of GB.
+MAX_SCALED_PIXELS = 1 << 24
+_PNG = (137, 80, 78, 71, 13, 10, 26, 10)
+_GIF = tuple(b"GIF8")
+_BMP = tuple(b"BM")
+
+
+def header_shape(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(height, width) as int64 from the header of JPEG, PNG, GIF or BMP bytes, not decoding.
+
+    (0, 0) for other formats (the decoder judges them). A JPEG without a valid header fails
+    here as it would in the decoder.
+    """
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+
+    def number(start: int, size: int, big_endian: bool) -> tf.Tensor:
+        digits = head[start : start + size]
+        digits = tf.reverse(digits, [0]) if big_endian else digits
+        return tf.reduce_sum(digits * tf.constant([256**i for i in range(size)], tf.int64))
+
+    def starts_with(magic: tuple[int, ...]) -> tf.Tensor:
+        return tf.reduce_all(head[: len(magic)] == tf.constant(magic, tf.int64))
+
+    def signed32(value: tf.Tensor) -> tf.Tensor:  # BMP heights are negative for top-down rows
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return shape[0], shape[1]
+
+    zero = tf.constant(0, tf.int64)
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), jpeg),
+            (starts_with(_PNG), lambda: (number(20, 4, True), number(16, 4, True))),
+            (starts_with(_GIF), lambda: (number(8, 2, False), number(6, 2, False))),
+            (
+                starts_with(_BMP),
+                lambda: (signed32(number(22, 4, False)), signed32(number(18, 4, False))),
+            ),
+        ],
+        default=lambda: (zero, zero),
+        exclusive=False,
+    )
+
+
+def checked_size(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """`image`, once `height` x `width` is found within MAX_PIXELS (else an error saying so)."""
+    height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    message = tf.strings.format(
+        "the image is {}x{} pixels (width x height), over the limit of {} pixels "
+        "(vgg_flax.data.preprocess.MAX_PIXELS)",
+        (width, height, MAX_PIXELS),
+    )
+    check = tf.debugging.Assert(height * width <= MAX_PIXELS, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
 
 
 def resized_shape(height: tf.Tensor, width: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -78,6 +143,15 @@ def whole_plan(scale: int) -> Plan:
 
     def plan(height, width):
         new_h, new_w = resized_shape(height, width, scale)
+        pixels = tf.cast(new_h, tf.int64) * tf.cast(new_w, tf.int64)
+        message = tf.strings.format(
+            "the image ({}x{} pixels) rescaled to smaller side {} is {}x{} pixels, over the "
+            "limit of {} for a whole image (vgg_flax.data.preprocess.MAX_SCALED_PIXELS); its "
+            "aspect ratio is too extreme for dense evaluation",
+            (width, height, scale, new_w, new_h, MAX_SCALED_PIXELS),
+        )
+        with tf.control_dependencies([tf.debugging.Assert(pixels <= MAX_SCALED_PIXELS, [message])]):
+            new_h, new_w = tf.identity(new_h), tf.identity(new_w)
         return new_h, new_w, tf.constant(0), tf.constant(0), new_h, new_w
 
     return plan
@@ -140,8 +214,12 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 def decode(image: tf.Tensor) -> tf.Tensor:
-    """Encoded bytes (JPEG, PNG, GIF, BMP) or a decoded array -> HxWx3 uint8."""
+    """Encoded bytes (JPEG, PNG, GIF, BMP) or a decoded array -> HxWx3 uint8.
+
+    Bytes whose header declares more than MAX_PIXELS pixels are refused before decoding.
+    """
     if image.dtype == tf.string:
+        image = checked_size(image, *header_shape(image))
         return tf.cond(
             tf.io.is_jpeg(image),
             lambda: tf.io.decode_jpeg(image, channels=3, dct_method=JPEG_DCT),
@@ -151,9 +229,14 @@ def decode(image: tf.Tensor) -> tf.Tensor:
 
 
 def scaled_crop(image: tf.Tensor, plan: Plan) -> tf.Tensor:
-    """Apply `plan` to encoded bytes or a decoded array; float32 crop in 0-255, HxWx3."""
+    """Apply `plan` to encoded bytes or a decoded array; float32 crop in 0-255, HxWx3.
+
+    Images over MAX_PIXELS are refused (bytes: from the header, before decoding).
+    """
     if image.dtype != tf.string:
-        return _crop_array(to_rgb(image), plan)
+        shape = tf.shape(image)
+        return _crop_array(to_rgb(checked_size(image, shape[0], shape[1])), plan)
+    image = checked_size(image, *header_shape(image))
     return tf.cond(
         tf.io.is_jpeg(image),
         lambda: _crop_jpeg(image, plan),

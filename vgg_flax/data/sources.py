@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vgg_flax.data import downloads
+
 DIGITS_SPLITS = {"train": 1437, "test": 360}  # scikit-learn's 1,797 digits, split 80/20
 DIGITS_SPLIT_SEED = 0
 _KEY_FEATURES = ("file_name", "image/filename", "filename", "id")
@@ -28,6 +30,7 @@ class Source:
     num_classes: int
     split_sizes: dict[str, int]
     reader: Any  # (split, start, stop) -> tf.data.Dataset
+    class_names: tuple[str, ...] | None = None  # label index -> name, where the source has them
 
     def num_examples(self, split: str) -> int:
         """Number of examples in `split`; a ValueError names the splits that exist."""
@@ -38,8 +41,14 @@ class Source:
         return self.split_sizes[split]
 
     def read(self, split: str, start: int = 0, stop: int | None = None) -> tf.data.Dataset:
-        """Examples start..stop-1 of `split`, in a fixed order."""
+        """Examples start..stop-1 of `split`, in a fixed order; an empty split is an error."""
         size = self.num_examples(split)
+        if size == 0:
+            raise ValueError(
+                f"{self.name}: split {split!r} has no examples (for a folder source: no "
+                f".jpg/.jpeg/.png files in {os.path.join(self.name, split, '<class>')}/); "
+                "add images or choose another split"
+            )
         stop = size if stop is None else stop
         return self.reader(split, start, stop)
 
@@ -84,7 +93,8 @@ def digits_source(image_size: int = 32) -> Source:
         keys = np.array([f"digits/{split}/{i:04d}" for i in idx])
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "key": keys})
 
-    return Source("digits", 10, {k: len(v[1]) for k, v in arrays.items()}, reader)
+    sizes = {k: len(v[1]) for k, v in arrays.items()}
+    return Source("digits", 10, sizes, reader, class_names=tuple(str(d) for d in range(10)))
 
 
 def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> None:
@@ -100,6 +110,8 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
                 f"a folder and pass it as manual_dir (README.md, section Data)"
             )
     builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():  # offline: one clear line now, not minutes of retries
+        downloads.check_reachable(name, downloads.expected_downloads(builder), manual_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
 
@@ -159,7 +171,9 @@ def _builder_source(name: str, builder: Any, *, slicing: bool) -> Source:
             }
         )
 
-    return Source(name, features[label_key].num_classes, sizes, reader)
+    label = features[label_key]
+    names = tuple(label.names) if getattr(label, "names", None) else None
+    return Source(name, label.num_classes, sizes, reader, class_names=names)
 
 
 def make_source(source: str, **options: Any) -> Source:

@@ -1,19 +1,30 @@
-"""Evaluation: the paper's test protocols, padded batches of many image sizes, top-k errors."""
+"""Evaluation: the paper's test protocols, padded batches of many image sizes, top-k errors.
 
-from vgg_flax.evaluate.batching import Scorer, ShapeBatcher, check_dense_size, padded_shape
-from vgg_flax.evaluate.metrics import TopKCounts, label_ranks, topk_errors
-from vgg_flax.evaluate.protocols import PROTOCOLS, evaluate, evaluate_arrays, views
+The names below load on first use, so that importing one light submodule (for instance
+`protocols.PROTOCOLS` for a command line's choices) does not import JAX.
+"""
 
-__all__ = [
-    "PROTOCOLS",
-    "Scorer",
-    "ShapeBatcher",
-    "TopKCounts",
-    "check_dense_size",
-    "evaluate",
-    "evaluate_arrays",
-    "label_ranks",
-    "padded_shape",
-    "topk_errors",
-    "views",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Scorer": "batching",
+    "ShapeBatcher": "batching",
+    "check_dense_size": "batching",
+    "padded_shape": "batching",
+    "TopKCounts": "metrics",
+    "label_ranks": "metrics",
+    "topk_errors": "metrics",
+    "PROTOCOLS": "protocols",
+    "evaluate": "protocols",
+    "evaluate_arrays": "protocols",
+    "views": "protocols",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

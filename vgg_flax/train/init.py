@@ -18,17 +18,62 @@ import jax.numpy as jnp
 from vgg_flax import arch
 from vgg_flax.train import recipe
 
+# Variables of at least this many bytes get an initialisation program of their own: VGG16's
+# fc6 (411 MB) and fc7 (67 MB); smaller nets keep one program (each costs a compilation).
+OWN_PROGRAM_BYTES = 64 * 2**20
+# XLA:CPU's copy insertion with region analysis shares threefry's loop buffers: drawing one
+# normal tensor then holds two more tensors of its size instead of three (VGG16's fc6: 411 MB
+# less). Copy insertion only places buffers; the values are the same.
+_INIT_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
 
-def init_variables(model: Any, key: jax.Array, image_size: int) -> dict[str, Any]:
-    """Fresh variables of `model` for square inputs of `image_size` (params, batch_stats)."""
-    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return dict(_jitted_init(model)(key, images))
+
+def init_variables(
+    model: Any, key: jax.Array, image_size: int, *, own_program_bytes: int = OWN_PROGRAM_BYTES
+) -> dict[str, Any]:
+    """Fresh variables of `model` for square inputs of `image_size` (params, batch_stats).
+
+    The values are exactly `jax.jit(model.init)(key, images)`'s, but each variable of at least
+    `own_program_bytes` is made by a program of its own, largest first, and the rest by one
+    more, so their temporaries never coexist: drawing a normal tensor on XLA:CPU holds about
+    three more tensors of its size (threefry's rolled loop; two with `_INIT_OPTIONS`), which
+    for VGG16's fc6 (411 MB) had put the initialisation's peak near four times the parameters'
+    size. Each program is
+    `model.init` with every other output pruned by XLA, so each variable gets the same key and
+    the same arithmetic as in the one-program init.
+    """
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), key, _images(image_size))
+    leaves, treedef = jax.tree.flatten(shapes)
+    values: list[Any] = [None] * len(leaves)
+    sizes = [leaf.size * leaf.dtype.itemsize for leaf in leaves]
+    for group in _groups(sizes, own_program_bytes):
+        for index, value in zip(group, _jitted_init(model, image_size, group)(key), strict=True):
+            values[index] = value
+    return dict(jax.tree.unflatten(treedef, values))
+
+
+def _groups(sizes: list[int], own_program_bytes: int) -> list[tuple[int, ...]]:
+    """Leaf indices per program: each large leaf alone, largest first, then all the others."""
+    large = sorted(
+        (i for i, size in enumerate(sizes) if size >= own_program_bytes), key=lambda i: -sizes[i]
+    )
+    rest = tuple(i for i in range(len(sizes)) if i not in large)
+    return [(i,) for i in large] + ([rest] if rest else [])
+
+
+def _images(image_size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
 
 
 @functools.cache
-def _jitted_init(model: Any) -> Any:
-    # One compiled program (eager init compiles every layer's ops one by one), kept per model.
-    return jax.jit(functools.partial(model.init, train=False))
+def _jitted_init(model: Any, image_size: int, leaves: tuple[int, ...]) -> Any:
+    # One compiled program per group (eager init compiles every layer's ops one by one), kept
+    # per model. The input's values never reach the parameters: zeros made inside the program.
+    def init(key: jax.Array) -> list[jax.Array]:
+        images = jnp.zeros(_images(image_size).shape, jnp.float32)
+        every = jax.tree.leaves(model.init(key, images, train=False))
+        return [every[i] for i in leaves]
+
+    return jax.jit(init, compiler_options=_INIT_OPTIONS.get(jax.default_backend(), {}))
 
 
 def warm_start_layers(source_arch: Any, target_arch: Any) -> dict[str, str]:

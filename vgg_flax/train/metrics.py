@@ -1,6 +1,7 @@
-"""Watching a run: a progress bar, TensorBoard event files, a JSON-lines log and a final plot.
+"""Watching a run: its config, TensorBoard event files, a JSON-lines log and the curves' plot.
 
-Only process 0 writes; the others get a writer that does nothing, so the loop needs no guards.
+`plot_runs` draws several runs in one figure (`python -m experiments.compare`). Only process 0
+writes; the others get a writer that does nothing, so the loop needs no guards.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
+CONFIG_FILE = "config.json"
+# The scalars TensorBoard's HParams dashboard shows beside a run's config (tags of `write`).
+HPARAM_METRICS = ("eval/accuracy", "eval/top5", "eval/loss", "train/loss")
 
 
 class MetricsWriter:
     """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tb`."""
 
     def __init__(self, workdir: str, *, enabled: bool | None = None) -> None:
+        import jax  # here, so that reading and plotting metrics (experiments.compare) need no JAX
+
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if self.enabled:
@@ -40,10 +45,42 @@ class MetricsWriter:
         for name, value in scalars.items():
             self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
 
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Record the run's config: `workdir/config.json` (atomic) and TensorBoard hparams."""
+        if not self.enabled:
+            return
+        from tensorboardX.summary import hparams
+
+        from vgg_flax.atomic import atomic_write
+
+        with atomic_write(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, default=str)
+        # In tb/ itself, beside the scalars, so the HParams dashboard finds the metrics' values.
+        experiment, session_start, _ = hparams(
+            flat_hparams(config), dict.fromkeys(HPARAM_METRICS, 0.0)
+        )
+        self._tb.file_writer.add_summary(experiment)
+        self._tb.file_writer.add_summary(session_start)
+
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self._tb is not None:
             self._tb.close()
+
+
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | float | str]:
+    """`config` flattened to dotted names ("optim.learning_rate") with values TensorBoard's
+    hparams take: booleans, numbers and strings; other values (lists, None) as JSON text."""
+    flat: dict[str, bool | float | str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -57,31 +94,51 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return sorted(records.values(), key=lambda r: (r["step"], r["kind"]))
 
 
+# The curves drawn: (panel, record kind, key, legend, line style); one colour per run.
+CURVES = (
+    (0, "train", "loss", "train loss (with L2 term)", "-"),
+    (0, "train", "cross_entropy", "train cross-entropy", ":"),
+    (0, "eval", "loss", "eval loss", "o-"),
+    (1, "train", "accuracy", "train accuracy (batch)", "-"),
+    (1, "eval", "accuracy", "eval top-1", "o-"),
+    (1, "eval", "top5", "eval top-5", "s--"),
+    (2, "train", "learning_rate", "learning rate", "-"),
+)
+PANELS = ("loss", "accuracy", "learning rate")
+
+
 def plot(path: str, out: str) -> str:
     """Draw loss, accuracy and learning rate over steps from a metrics.jsonl file into a PNG."""
+    return plot_runs({"": path}, out)
+
+
+def plot_runs(runs: Mapping[str, str], out: str) -> str:
+    """Draw the curves of several runs ({label: metrics.jsonl path}) into one PNG at `out`.
+
+    Each run has its own colour and its label in the legend (a single run with the label ""
+    gets one colour per curve instead); curves a run did not record are left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    records = read_metrics(path)
-
-    def series(kind: str, key: str) -> tuple[list[int], list[float]]:
-        rows = [r for r in records if r["kind"] == kind and math.isfinite(r.get(key, math.nan))]
-        return [r["step"] for r in rows], [r[key] for r in rows]
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(*series("train", "loss"), label="train loss (with L2 term)")
-    axes[0].plot(*series("train", "cross_entropy"), label="train cross-entropy")
-    axes[0].plot(*series("eval", "loss"), "o-", label="eval loss")
-    axes[1].plot(*series("train", "accuracy"), label="train accuracy (batch)")
-    axes[1].plot(*series("eval", "accuracy"), "o-", label="eval top-1")
-    axes[2].plot(*series("train", "learning_rate"), label="learning rate")
-    axes[2].set_yscale("log")
-    for ax, title in zip(axes, ("loss", "accuracy", "learning rate"), strict=True):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
+    for index, (label, path) in enumerate(runs.items()):
+        records = read_metrics(path)
+        colour = f"C{index}" if len(runs) > 1 or label else None
+        for panel, kind, key, legend, style in CURVES:
+            rows = [r for r in records if r["kind"] == kind and math.isfinite(r.get(key, math.nan))]
+            if rows:
+                name = f"{label}: {legend}" if label else legend
+                steps, values = [r["step"] for r in rows], [r[key] for r in rows]
+                axes[panel].plot(steps, values, style, color=colour, label=name)
+    axes[PANELS.index("learning rate")].set_yscale("log")
+    for ax, title in zip(axes, PANELS, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)

@@ -18,8 +18,8 @@ import optax
 
 from vgg_flax.train import recipe
 
-L2_MASKS = ("kernels", "all")
-SCHEDULES = ("plateau", "step", "constant")
+L2_MASKS = recipe.L2_MASKS
+SCHEDULES = recipe.SCHEDULES
 
 
 def l2_mask(params: Any, which: str = "kernels") -> Any:

@@ -5,6 +5,10 @@ docs/paper.md states it in full; the numbers here are tested against it.
 
 from __future__ import annotations
 
+# The choices the configs offer (plain names, so the command line's --help imports no JAX).
+L2_MASKS = ("kernels", "all")  # what the L2 term covers: see optim.l2_mask
+SCHEDULES = ("plateau", "step", "constant")  # the learning-rate schedules: see optim.schedule
+
 BATCH_SIZE = 256
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4  # L2 penalty multiplier

@@ -127,7 +127,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. Leaves there
     the checkpoints, `model/` (the final weights for `vgg_flax.load`), metrics.jsonl, TensorBoard
-    events under tb/, metrics.png and summary.json.
+    events under tb/ (with the config as hparams), config.json, metrics.png and summary.json.
     """
     from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
 
@@ -139,6 +139,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     _check_devices(config, mesh.devices.size)
     os.makedirs(workdir, exist_ok=True)
     writer = metrics_lib.MetricsWriter(workdir)
+    writer.write_config(config.to_dict())  # config.json and TensorBoard hparams
 
     # ----- Input --------------------------------------------------------------------------
     data_config = data.default_config(**dict(config.data))
@@ -164,6 +165,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         dtype=DTYPES[config.dtype],
     )
     identity = architecture(model)
+    described = usage(data_config, train_iter.source.class_names)
     step_every = round(config.optim.step_epochs * steps_per_epoch)
     tx = optim.make_optimizer(
         optim.schedule(
@@ -196,7 +198,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     step = int(state["step"])
 
     def save() -> None:
-        meta = {**identity, "step": step}
+        meta = {**described, **identity, "step": step}
         meta["data"] = train_iter.get_state()
         checkpoint.save_training(manager, step, state, meta)
 
@@ -323,7 +325,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 model,
                 jax.device_get(model_variables(state)),
                 step=step,
-                preprocessing=data_config.normalize,  # what evaluating this model must feed it
+                **described,  # what evaluating this model must feed it
             )
     finally:  # the summary is kept even when the export or the plot fails
         if step >= total_steps and jax.process_index() == 0:
@@ -332,6 +334,28 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
         writer.close()
     return summary
+
+
+def usage(data_config: Any, class_names: Any = None) -> dict[str, Any]:
+    """What using a trained model needs, recorded in its checkpoints (`vgg_flax.save` metadata).
+
+    The input preprocessing preset, the input size it was trained at (the crop), the training
+    scale S, the test scale Q of the run's own evaluation, whether training flipped images, and
+    the class names when the dataset has them (`experiments.evaluate` reads them as defaults).
+    """
+    from vgg_flax.data.config import train_scale
+
+    scale = train_scale(data_config)
+    recorded = {
+        "preprocessing": data_config.normalize,
+        "input_size": int(data_config.crop_size),
+        "train_scale": list(scale) if isinstance(scale, tuple) else scale,
+        "eval_scale": int(data_config.eval_scale),
+        "train_flip": bool(data_config.flip),
+    }
+    if class_names:
+        recorded["class_names"] = [str(name) for name in class_names]
+    return recorded
 
 
 def _read_summary(workdir: str) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""A trained model carries what evaluating it needs: the documented command reproduces its score.
+
+A narrow VGG-A trains briefly on the digits (32x32 crops, "torchvision" normalisation, no flips);
+`python -m experiments.evaluate --checkpoint WORKDIR/model --dataset digits`, with no other flag,
+must count exactly the errors the training run's own evaluation reported in summary.json, on the
+same 360 test digits. The run's training checkpoint (checkpoints/<step>) evaluates the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import train_tiny
+
+import vgg_flax
+from experiments import evaluate as evaluate_cli
+from vgg_flax import checkpoint
+from vgg_flax.evaluate import protocols
+from vgg_flax.layers import adaptive_avg_pool
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DIGITS = 360
+
+
+@pytest.fixture
+def run(digits_run) -> tuple[Path, dict]:
+    """The shared short digits run (tests/conftest.py)."""
+    return digits_run
+
+
+def errors_from_training(summary: dict) -> int:
+    evaluation = summary["eval"]
+    assert evaluation["examples"] == TEST_DIGITS
+    return round((1 - evaluation["accuracy"]) * evaluation["examples"])
+
+
+def errors_from_result(result: dict) -> int:
+    assert result["examples"] == TEST_DIGITS and result["split"] == "test"
+    return round(result["top1_error"] * result["examples"] / 100)
+
+
+def test_model_records_what_using_it_needs(run):
+    workdir, _ = run
+    for where in (workdir / "model", workdir / "checkpoints"):
+        metadata = checkpoint.read_metadata(where)
+        assert metadata["preprocessing"] == "torchvision"
+        assert metadata["input_size"] == 32 and metadata["eval_scale"] == 32
+        assert metadata["train_flip"] is False
+        assert metadata["class_names"] == [str(digit) for digit in range(10)]
+
+
+def test_documented_command_gives_the_training_runs_accuracy(run):
+    workdir, summary = run
+    assert summary["eval"]["accuracy"] > 0.5, summary  # learnt: the errors are not chance
+    written = json.loads((workdir / "summary.json").read_text())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.evaluate",
+            "--checkpoint",
+            str(workdir / "model"),
+            "--dataset",
+            "digits",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["protocol"], result["scales"], result["flips"]) == ("dense", [32], False)
+    assert errors_from_result(result) == errors_from_training(written)
+
+
+def test_training_checkpoint_evaluates_the_same(run, tmp_path):
+    workdir, summary = run
+    (step,) = [name for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    output = tmp_path / "step.json"
+    argv = ["--checkpoint", str(workdir / "checkpoints" / step), "--dataset", "digits"]
+    assert evaluate_cli.main([*argv, "--protocol", "center", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["scales"] == [32]
+    assert errors_from_result(result) == errors_from_training(summary)
+
+
+def test_flags_that_contradict_the_records_warn(run):
+    workdir, _ = run
+    model = [str(workdir / "model")]
+    with pytest.warns(UserWarning, match="--input-size 64 overrides"):
+        assert evaluate_cli.input_size(model, 64) == 64
+    with pytest.warns(UserWarning, match="--flips on nets trained without flips"):
+        assert evaluate_cli.use_flips(model, True) is True
+    assert evaluate_cli.use_flips(model, None) is False
+    assert evaluate_cli.chosen_scales(model, None, 32) == [32]
+
+
+def test_dense_evaluation_at_the_trained_size_folds_the_adaptive_pooling():
+    """A 32x32-trained net on a 64x64 view: the mean over pool5's 2x2 positions of its classifier
+    head applied to each position (its 1x1 map averaged up to 7x7, as in training)."""
+    model = vgg_flax.create_model("A", batch_norm=True, num_classes=10, **train_tiny.TINY)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    params = variables["params"]
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    scorer = protocols.scorer(model, variables, 32)
+    pool5 = model.apply(variables, images, features=("pool5",))["pool5"]
+    logits = []
+    for row in range(2):
+        for col in range(2):
+            pooled = adaptive_avg_pool(pool5[:, row : row + 1, col : col + 1], (7, 7))
+            x = jnp.einsum("nhwc,hwcd->nd", pooled, params["fc6"]["kernel"])
+            x = jax.nn.relu(x + params["fc6"]["bias"])
+            x = jax.nn.relu(x @ params["fc7"]["kernel"][0, 0] + params["fc7"]["bias"])
+            logits.append(x @ params["fc8"]["kernel"][0, 0] + params["fc8"]["bias"])
+    expected = jax.nn.softmax(sum(logits) / 4)
+    np.testing.assert_allclose(scorer(images, np.full((2, 2), 64)), expected, rtol=1e-5, atol=1e-6)
+    # At the trained size the scorer is the classifier itself.
+    crops = images[:, :32, :32]
+    np.testing.assert_allclose(
+        scorer(crops, np.full((2, 2), 32)),
+        jax.nn.softmax(model.apply(variables, crops)),
+        rtol=1e-6,
+        atol=1e-7,
+    )

@@ -1,0 +1,64 @@
+"""`vgg-flax export SOURCE OUT`: a model's forward pass as StableHLO or a TensorFlow SavedModel."""
+
+from __future__ import annotations
+
+import argparse
+
+from vgg_flax.cli import add_subcommand
+
+FORMATS = ("stablehlo", "savedmodel")
+PLATFORMS = "cpu,cuda,tpu"  # vgg_flax.export.DEFAULT_PLATFORMS (tested), without importing JAX
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `vgg-flax export SOURCE OUT --format stablehlo|savedmodel`."""
+    parser = add_subcommand(
+        subparsers,
+        "export",
+        "export a model's logits as serialised StableHLO (jax.export) or a TensorFlow SavedModel",
+        "Export the forward pass (preprocessed NHWC float32 images -> logits, any batch size) "
+        "with the weights inside. StableHLO: reload with "
+        "jax.export.deserialize(open(OUT, 'rb').read()).call(images). SavedModel (through "
+        "jax2tf, needs TensorFlow): tf.saved_model.load(OUT).serve(images).",
+    )
+    parser.add_argument(
+        "source", help="vgg-flax checkpoint directory, torchvision .pth, Keras .h5 or .caffemodel"
+    )
+    parser.add_argument("out", help="output file (stablehlo) or new folder (savedmodel)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="stablehlo",
+        help="serialised jax.export (a file) or a TensorFlow SavedModel (a folder)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side (default: the checkpoint's recorded input size, else 224)",
+    )
+    parser.add_argument(
+        "--platforms",
+        default=PLATFORMS,
+        help="comma-separated platforms to lower for (cpu, cuda, rocm, tpu)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load args.source and write its export to args.out."""
+    from vgg_flax import export, loader
+
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    image_size = args.image_size or loader.recorded_metadata(args.source).get("input_size", 224)
+    model, variables = loader.load(args.source)
+    if args.format == "stablehlo":
+        export.export_stablehlo(
+            model, variables, args.out, image_size=image_size, platforms=platforms
+        )
+    else:
+        export.export_savedmodel(
+            model, variables, args.out, image_size=image_size, platforms=platforms
+        )
+    print(f"wrote {args.out} ({args.format}, images of {image_size}x{image_size}, any batch size)")
+    return 0

@@ -1,0 +1,124 @@
+"""`vgg-flax predict IMAGE...`: the top-5 classes of photos, with names and probabilities.
+
+--weights is a name of `vgg_flax.list_pretrained()` (downloaded once), a torchvision `.pth`
+file, a Keras `.h5`, a Caffe `.caffemodel` or a vgg-flax checkpoint directory. The input
+preprocessing is the one the weights recorded (the registry's, or the checkpoint's); a
+--preprocessing that contradicts it is used, with a warning. Classes are named from the
+checkpoint's recorded class names, else ImageNet's for 1000-class models; a network trained on
+crops under 224 (its checkpoint's "input_size") is evaluated at that size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from vgg_flax.arch import TORCHVISION_ARCHS
+from vgg_flax.cli import add_subcommand
+from vgg_flax.evaluate.protocols import PROTOCOLS
+from vgg_flax.preprocessing import CROP_SIZE, PRESETS, TORCHVISION_RESIZE
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `vgg-flax predict`."""
+    parser = add_subcommand(
+        subparsers, "predict", "top-5 ImageNet classes of image files or folders", __doc__
+    )
+    parser.add_argument("images", nargs="+", help="image files and folders of images")
+    parser.add_argument(
+        "--weights",
+        default="vgg16",
+        help="a pretrained name (vgg11 .. vgg19_bn, vgg16_caffe, ...), a .pth/.h5/.caffemodel "
+        "file or a vgg-flax checkpoint directory",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=list(TORCHVISION_ARCHS),
+        help="architecture of a .pth file (default: inferred from its tensors)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="center",
+        help="center: resize to Q, center crop (torchvision's); the others: the paper's",
+    )
+    parser.add_argument(
+        "--scales",
+        nargs="+",
+        type=int,
+        default=[TORCHVISION_RESIZE],
+        metavar="Q",
+        help="test scales: the smaller side of the image (one for 'center')",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=list(PRESETS),
+        help="input preset (default: the one the weights recorded, else torchvision)",
+    )
+    parser.add_argument("--no-flips", action="store_true", help="no horizontal flips (dense)")
+    parser.add_argument("--top", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, dict[str, Any]]:
+    """(model, variables, recorded preset, recorded metadata) of a weights source."""
+    from vgg_flax.factory import list_pretrained, pretrained_entry
+
+    if source in list_pretrained() and not os.path.exists(source):
+        from vgg_flax.pretrained import pretrained
+
+        model, variables = pretrained(source, head="keep")
+        return model, variables, pretrained_entry(source).preprocessing, {}
+    if not os.path.exists(source):
+        raise ValueError(
+            f"--weights {source}: no such file or folder, and not a pretrained name "
+            f"({', '.join(list_pretrained())})"
+        )
+    from vgg_flax.loader import load, recorded_metadata, recorded_preprocessing
+
+    model, variables = load(source, arch, head="keep")
+    return model, variables, recorded_preprocessing(source), recorded_metadata(source)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print each image's top classes as a table, or all of them as JSON."""
+    from vgg_flax.predict import image_files, predict
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    files = image_files(args.images)  # before seconds of loading weights
+    model, variables, recorded, metadata = load_weights(args.weights, args.arch)
+    preset = args.preprocessing or recorded or "torchvision"
+    if args.preprocessing and recorded and args.preprocessing != recorded:
+        print(
+            f"warning: --preprocessing {args.preprocessing} contradicts the {recorded!r} "
+            f"preprocessing {args.weights} recorded; using {args.preprocessing}",
+            file=sys.stderr,
+        )
+    if "fc8" not in variables["params"]:
+        raise ValueError(f"{args.weights} has no classifier (features only): nothing to predict")
+    predictions = predict(
+        files,
+        model,
+        variables,
+        top=args.top,
+        class_names=metadata.get("class_names"),
+        preprocessing=preset,
+        protocol=args.protocol,
+        scales=args.scales,
+        flips=not args.no_flips,
+        batch_size=args.batch_size,
+        input_size=metadata.get("input_size") or CROP_SIZE,
+    )
+    if args.json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+    else:
+        from vgg_flax.predict import format_table
+
+        print(format_table(predictions))
+    return 0
