@@ -171,8 +171,12 @@ def test_slow_command_parses(command):
 
 @functools.cache  # a program quoted several times answers once
 def help_fails(program: str) -> str | None:
-    """Why `program --help` fails (None: it exits 0)."""
-    done = subprocess.run([program, "--help"], capture_output=True, text=True, timeout=120)
+    """Why `program --help` fails (None: it exits 0).
+
+    The environment's own scripts come first, as in an activated virtualenv (make test runs
+    .venv/bin/python without activating it)."""
+    found = shutil.which(program, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([found or program, "--help"], capture_output=True, text=True, timeout=120)
     return None if done.returncode == 0 else done.stderr[-1000:]
 
 
