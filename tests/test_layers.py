@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from vgg_flax.layers import BatchNorm, adaptive_avg_pool, local_response_norm
+from vgg_flax.layers import (
+    BatchNorm,
+    adaptive_avg_pool,
+    fold_adaptive_pool,
+    local_response_norm,
+)
 
 
 def to_nchw(x: np.ndarray) -> torch.Tensor:
@@ -18,6 +23,20 @@ def test_adaptive_avg_pool_matches_torch(hw):
     ours = np.asarray(adaptive_avg_pool(jnp.asarray(x), (7, 7)))
     theirs = torch.nn.functional.adaptive_avg_pool2d(to_nchw(x), (7, 7)).numpy()
     np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5), (6, 6)])
+def test_folded_pooling_equals_torch_pooling_then_the_kernel(hw):
+    """fc6 after torch's adaptive pooling to 7x7 equals its folded window on the map itself."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, *hw, 4)).astype(np.float32)
+    kernel = rng.standard_normal((7, 7, 4, 5)).astype(np.float32)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(to_nchw(x), (7, 7))
+    theirs = torch.nn.functional.conv2d(pooled, torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
+    folded = np.asarray(fold_adaptive_pool(jnp.asarray(kernel), hw))
+    assert folded.shape == (*hw, 4, 5)
+    ours = np.einsum("nhwc,hwcd->nd", x, folded)
+    np.testing.assert_allclose(ours, theirs.numpy()[:, :, 0, 0], rtol=1e-5, atol=1e-5)
 
 
 def test_local_response_norm_matches_torch():

@@ -139,6 +139,27 @@ def test_bad_input_gets_a_clear_error(vgg_a, shape, mode, message):
         model.apply(variables, jnp.zeros(shape), mode=mode)
 
 
+def test_dense_evaluation_at_a_trained_size_under_224(vgg_a):
+    """trained_pool5=p: fc6 folded with its pooling slides as a p x p window over pool5."""
+    model, variables = vgg_a
+    images = jax.random.normal(jax.random.key(3), (1, 96, 128, 3))
+    score_map = model.apply(variables, images, mode="dense_map", trained_pool5=2)
+    assert score_map.shape == (1, 96 // 32 - 1, 128 // 32 - 1, 10)
+    dense = model.apply(variables, images, mode="dense", trained_pool5=2)
+    np.testing.assert_allclose(dense, score_map.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # At the trained size itself the window covers the map: the classifier's own logits.
+    crop = images[:, :64, :64]
+    np.testing.assert_allclose(
+        model.apply(variables, crop, mode="dense", trained_pool5=2),
+        model.apply(variables, crop),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    for mode, side in (("classify", 2), ("dense", 7), ("dense", 0)):
+        with pytest.raises(ValueError, match="trained_pool5"):
+            model.apply(variables, crop, mode=mode, trained_pool5=side)
+
+
 def test_unknown_feature_name_is_refused(vgg_a):
     model, variables = vgg_a
     with pytest.raises(ValueError, match="unknown feature names.*relu4_2"):

@@ -1,16 +1,16 @@
 """VGG's convolutions and poolings: standard `lax` ops, with faster CPU formulations chosen inside.
 
-Measured on XLA:CPU (benchmarks/BENCHMARKS.md): a 7x7 "convolution" over a 7x7 map is ~3x
-slower than the same contraction as one matrix product, forward and backward; the kernel
-gradient of a 3x3 convolution is up to 4x slower than one matrix product per kernel tap; the
-backward of `reduce_window` max pooling (select-and-scatter) is ~7x slower than routing the
-gradient through an explicit 2x2 mask; and a convolution on a map with a side of 1 or 2 (conv5
-of a 32x32 input) is ~80x slower than its im2col product. Each op here is a `custom_vjp` whose
-forward and backward pick, with `lax.platform_dependent`, the CPU formulation on CPUs and the
-standard `lax` op on every other platform (a program lowered for a GPU or TPU holds only the
-standard ops). Both compute the same sums; `max_pool_2x2` sends each window's gradient to its
-first maximum on every platform, as PyTorch does. `KERNELS = ("auto", "lax")`: "lax" uses the
-standard ops everywhere.
+Measured on XLA:CPU (benchmarks/BENCHMARKS.md): a 7x7 "convolution" over a 7x7 map is ~3x slower
+than the same contraction as one matrix product, forward and backward; the kernel gradient of a
+3x3 convolution as autodiff builds it is several times slower than im2col products taken one
+output row at a time; the backward of `reduce_window` max pooling (select-and-scatter) is ~7x
+slower than routing the gradient through an explicit 2x2 mask; and a convolution on a map with a
+side of 1 or 2 (conv5 of a 32x32 input) is ~80x slower than its im2col product. Each op here is
+a `custom_vjp` whose forward and backward pick, with `lax.platform_dependent`, the CPU
+formulation on CPUs and the standard `lax` op on every other platform (a program lowered for a
+GPU or TPU holds only the standard ops). Both compute the same sums; `max_pool_2x2` sends each
+window's gradient to its first maximum on every platform, as PyTorch does. `KERNELS = ("auto",
+"lax")`: "lax" uses the standard ops everywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vgg_flax.layers import adaptive_avg_pool
+from vgg_flax.layers import adaptive_avg_pool, fold_adaptive_pool
 
 KERNELS = ("auto", "lax")
 
@@ -55,22 +55,30 @@ def plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = N
 SMALL_MAP = 2
 
 
-def _im2col(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
-    # The kh * kw shifted copies of the padded map side by side in the channels, times the
-    # kernel flattened in the same (i, j, c) order: one product with the convolution's sums.
-    kh, kw, cin, cout = kernel.shape
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    padded = jnp.pad(x, pad)
-    n, height, width = x.shape[0], padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+def _columns(padded: jax.Array, kh: int, kw: int) -> jax.Array:
+    """The kh * kw shifted windows of a padded NHWC map side by side in the channels, (i, j, c)
+    order, flattened to rows: (N * H' * W', kh * kw * C), H' and W' the valid output size."""
+    n, height, width = padded.shape[0], padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
     cols = jnp.concatenate(
         [padded[:, i : i + height, j : j + width] for i in range(kh) for j in range(kw)], axis=-1
     )
+    return cols.reshape(n * height * width, kh * kw * padded.shape[3])
+
+
+def _pad(x: jax.Array, padding: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def _im2col(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array:
+    # The columns times the kernel flattened in the same (i, j, c) order: one product with the
+    # convolution's sums.
+    kh, kw, cin, cout = kernel.shape
+    padded = _pad(x, padding)
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
     out = jnp.dot(
-        cols.reshape(n * height * width, kh * kw * cin),
-        kernel.reshape(kh * kw * cin, cout),
-        precision=precision,
+        _columns(padded, kh, kw), kernel.reshape(kh * kw * cin, cout), precision=precision
     )
-    return out.reshape(n, height, width, cout)
+    return out.reshape(x.shape[0], height, width, cout)
 
 
 def _as_matmul(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> jax.Array | None:
@@ -98,29 +106,41 @@ def _cpu_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> 
     return plain_conv(x, kernel, padding, precision) if out is None else out
 
 
+def _kernel_grad(x: jax.Array, g: jax.Array, shape: tuple, padding: int, precision: Any, dtype):
+    # dW = columns(x)^T g, summed over every output pixel. Autodiff's form of it is a
+    # convolution whose "window" is the whole image and whose features are the batch, slow on
+    # XLA:CPU, and the columns of a whole 224x224x64 batch are 9 copies of the activation. So
+    # one output row of every image at a time: its columns (a few MB, cache-sized) times its
+    # rows of g, accumulated in at least float32 (measured: dW of conv1_2 at batch 8, 0.73 s as
+    # 9 whole-map products, 0.33 s by rows). The loop runs over rows, never over the batch, so a
+    # batch-sharded step keeps its sharding.
+    kh, kw, cin, cout = shape
+    n, height, width, _ = g.shape
+    padded = _pad(x, padding)
+    total_type = jnp.promote_types(dtype, jnp.float32)
+
+    def add_row(row: jax.Array, total: jax.Array) -> jax.Array:
+        window = lax.dynamic_slice_in_dim(padded, row, kh, axis=1)
+        g_row = lax.dynamic_slice_in_dim(g, row, 1, axis=1).reshape(n * width, cout)
+        product = lax.dot_general(
+            _columns(window, kh, kw),
+            g_row,
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=total_type,
+        )
+        return total + product
+
+    total = lax.fori_loop(0, height, add_row, jnp.zeros((kh * kw * cin, cout), total_type))
+    return total.reshape(shape).astype(dtype)
+
+
 def _cpu_conv_vjp(x, kernel, g, padding, precision):
     if _as_matmul(x, kernel, padding, precision) is not None:
         return jax.vjp(lambda a, b: _cpu_conv(a, b, padding, precision), x, kernel)[1](g)
-    # The input gradient is the transposed convolution autodiff builds; the kernel gradient as
-    # autodiff builds it is a convolution whose "window" is the whole image and whose features
-    # are the batch, slow on XLA:CPU: one matrix product per kernel tap instead,
-    # dW[i, j] = sum over (n, h, w) of shifted x (.., cin) times g (.., cout).
+    # The input gradient is the transposed convolution autodiff builds.
     (dx,) = jax.vjp(lambda a: plain_conv(a, kernel, padding, precision), x)[1](g)
-    kh, kw, cin, cout = kernel.shape
-    n, height, width, _ = g.shape
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    rows = g.reshape(n * height * width, cout)
-    taps = [
-        lax.dot_general(
-            padded[:, i : i + height, j : j + width, :].reshape(n * height * width, cin),
-            rows,
-            (((0,), (0,)), ((), ())),
-            precision=precision,
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, _kernel_grad(x, g, kernel.shape, padding, precision, kernel.dtype)
 
 
 def _plain_conv_vjp(x, kernel, g, padding, precision):
@@ -165,6 +185,9 @@ class Conv(nn.Module):
     pooling would repeat the pixel over the whole window; fc6 of that equals the pixel times the
     kernel summed over the window, the same sums regrouped (float32 rounding), and the product
     shrinks 49-fold, forward and backward.
+    `pooled_from` (call argument, (h, w)): the kernel was trained on maps of h x w pooled up to
+    its window; it is folded with that pooling (`layers.fold_adaptive_pool`) and slides over x
+    as an h x w window (dense evaluation of a net trained below 224).
     """
 
     features: int
@@ -178,26 +201,24 @@ class Conv(nn.Module):
     kernels: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, pool_to: tuple[int, int] | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        pool_to: tuple[int, int] | None = None,
+        pooled_from: tuple[int, int] | None = None,
+    ) -> jax.Array:
         """Convolve x (N, H, W, Cin), first pooled adaptively to `pool_to` if given; add bias."""
         k = self.kernel_size
         shape = (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        if pooled_from is not None:
+            kernel = fold_adaptive_pool(kernel, pooled_from)
         if pool_to is not None:
-            height, width = x.shape[1:3]
-            if self.kernels == "auto" and (height, width) == (1, 1) and self.padding == 0:
-                # Pooling repeats the pixel over the window (weight exactly 1): the window's sum,
-                # as a product with ones (XLA:CPU's reduce over the leading axes took 1.1 s for
-                # fc6's kernel, this product 0.02 s), accumulated in at least float32.
-                taps = k * k
-                total = jnp.dot(
-                    jnp.ones((taps,), kernel.dtype),
-                    kernel.reshape(taps, -1),
-                    precision=lax.Precision.HIGHEST,
-                    preferred_element_type=jnp.promote_types(kernel.dtype, jnp.float32),
-                )
-                kernel = total.astype(kernel.dtype).reshape(1, 1, *shape[2:])
+            if self.kernels == "auto" and x.shape[1:3] == (1, 1) and self.padding == 0:
+                # As a product with the pooling weights (all 1 here): XLA:CPU's reduce over the
+                # kernel's leading axes took 1.1 s for fc6's, the product 0.02 s.
+                kernel = fold_adaptive_pool(kernel, (1, 1))
             else:
                 x = adaptive_avg_pool(x, pool_to)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)

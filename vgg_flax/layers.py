@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 # AlexNet's LRN as the paper uses it: alpha is not divided by the window size.
 LRN_SIZE = 5
@@ -40,6 +42,27 @@ def adaptive_avg_pool(x: jnp.ndarray, output_size: tuple[int, int]) -> jnp.ndarr
     rows = jnp.asarray(adaptive_pool_matrix(height, output_size[0]), x.dtype)
     cols = jnp.asarray(adaptive_pool_matrix(width, output_size[1]), x.dtype)
     return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, precision="highest")
+
+
+def fold_adaptive_pool(kernel: jax.Array, in_hw: tuple[int, int]) -> jax.Array:
+    """`kernel` (kh, kw, C, D), which sees `adaptive_avg_pool(x, (kh, kw))` of an `in_hw` map,
+    folded into an (h, w, C, D) kernel that sees x itself: the same sums, regrouped.
+
+    fc6 of a net trained below 224 is one: its pool5 map of h x w was averaged up to 7x7 first.
+    One product of the pooling weights (kh * kw, h * w) with the kernel in its stored layout
+    (nothing transposed), accumulated in at least float32; on a 1x1 map every weight is 1 and
+    this is the window's sum.
+    """
+    kh, kw, cin, cout = kernel.shape
+    total_type = jnp.promote_types(kernel.dtype, jnp.float32)
+    pooling = np.kron(adaptive_pool_matrix(in_hw[0], kh), adaptive_pool_matrix(in_hw[1], kw))
+    folded = lax.dot_general(
+        jnp.asarray(pooling, total_type),
+        kernel.reshape(kh * kw, cin * cout).astype(total_type),
+        (((0,), (0,)), ((), ())),
+        precision=lax.Precision.HIGHEST,
+    )
+    return folded.astype(kernel.dtype).reshape(*in_hw, cin, cout)
 
 
 def local_response_norm(

@@ -51,6 +51,10 @@ class VGG(nn.Module):
       dropout after relu6 and relu7, shaped like those activations ((N, head_width) in mode
       "classify"); kept units are scaled by 1 / (1 - dropout_rate) as usual. Given, they replace
       the masks drawn from the "dropout" rng (so a parity run can use PyTorch's very masks).
+    - trained_pool5 (modes "dense"/"dense_map" only): for a net trained on inputs under 224, the
+      side p (< 7) of the pool5 map it was trained on. Its classifier averaged that map up to
+      7x7 before fc6; here that pooling is folded into fc6 (`layers.fold_adaptive_pool`), which
+      slides as a p x p window over pool5, so inputs need only be the trained size (32 * p).
     """
 
     arch: str | tuple[int | str, ...] = "D"
@@ -91,9 +95,10 @@ class VGG(nn.Module):
         features: Sequence[str] = (),
         valid_hw: jax.Array | None = None,
         dropout_masks: dict[str, jax.Array] | None = None,
+        trained_pool5: int | None = None,
     ) -> jax.Array | dict[str, jax.Array]:
-        """Run the network; see the class docstring for modes, features, valid_hw, dropout_masks."""
-        wanted = self._check(images, mode, features)
+        """Run the network; see the class docstring for modes and the keyword arguments."""
+        wanted = self._check(images, mode, features, trained_pool5)
         _check_dropout_masks(dropout_masks, train)
         if valid_hw is not None and mode == "classify":
             raise ValueError("valid_hw needs mode='dense' or 'dense_map' (classify pools to 7x7)")
@@ -136,14 +141,17 @@ class VGG(nn.Module):
 
         # classify: fc6 pools adaptively to its 7x7 window first (folded into it on a 1x1 map).
         pool_to = (arch_lib.HEAD_INPUT_SIZE,) * 2 if mode == "classify" else None
+        window = arch_lib.HEAD_INPUT_SIZE if trained_pool5 is None else trained_pool5
+        pooled_from = None if trained_pool5 is None else (trained_pool5,) * 2
         head = (
             ("6", self.head_width, arch_lib.HEAD_INPUT_SIZE),
             ("7", self.head_width, 1),
             ("8", self.num_classes, 1),
         )
         for suffix, width, kernel in head:
+            fc6 = suffix == "6"
             x = self._conv(f"fc{suffix}", width, kernel, head=True)(
-                x, pool_to=pool_to if suffix == "6" else None
+                x, pool_to=pool_to if fc6 else None, pooled_from=pooled_from if fc6 else None
             )
             if suffix == "8":
                 break
@@ -159,7 +167,7 @@ class VGG(nn.Module):
         x = self._squeeze(x, mode)
         if valid_hw is not None:
             # fc6's 7x7 VALID window leaves (h/32 - 6) x (w/32 - 6) valid score positions.
-            valid_hw = valid_hw - (arch_lib.HEAD_INPUT_SIZE - 1)
+            valid_hw = valid_hw - (window - 1)
             x = _zero_outside(x, valid_hw)
         if keep("fc8", x):
             return found
@@ -183,9 +191,19 @@ class VGG(nn.Module):
         # The classifier's head maps are 1x1: hand back (N, C) as torchvision's Linear layers do.
         return x.reshape(x.shape[0], x.shape[-1]) if mode == "classify" else x
 
-    def _check(self, images: jax.Array, mode: str, features: Sequence[str]) -> set[str]:
+    def _check(
+        self, images: jax.Array, mode: str, features: Sequence[str], trained_pool5: int | None
+    ) -> set[str]:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if trained_pool5 is not None and (
+            mode == "classify" or not 1 <= trained_pool5 < arch_lib.HEAD_INPUT_SIZE
+        ):
+            raise ValueError(
+                f"trained_pool5={trained_pool5!r} needs mode 'dense' or 'dense_map' and a side "
+                f"from 1 to {arch_lib.HEAD_INPUT_SIZE - 1} (nets trained on inputs under "
+                f"{arch_lib.MIN_DENSE_SIZE}); classify pools any map to 7x7 already"
+            )
         if self.weight_init not in INITS:
             raise ValueError(f"unknown init {self.weight_init!r}; choose one of {', '.join(INITS)}")
         if self.pooling not in arch_lib.POOLINGS:
@@ -205,6 +223,8 @@ class VGG(nn.Module):
             )
         height, width = images.shape[1:3]
         least = arch_lib.MIN_CLASSIFY_SIZE if mode == "classify" else arch_lib.MIN_DENSE_SIZE
+        if trained_pool5 is not None:
+            least = trained_pool5 * arch_lib.NETWORK_STRIDE
         if height < least or width < least:
             raise ValueError(
                 f"images of {height}x{width} are too small for mode {mode!r}: it needs at least "

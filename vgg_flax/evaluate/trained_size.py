@@ -17,7 +17,6 @@ import numpy as np
 
 from vgg_flax import arch
 from vgg_flax.evaluate.batching import Batch, Scorer, ShapeBatcher, _assemble, batch_rows
-from vgg_flax.layers import adaptive_pool_matrix
 
 CROP = arch.MIN_DENSE_SIZE
 
@@ -69,33 +68,9 @@ class TrainedSizeScorer(Scorer):
         if (height // arch.NETWORK_STRIDE, width // arch.NETWORK_STRIDE) == (self.side,) * 2:
             scores = self.model.apply(variables, images)  # the classifier, as in training
         else:
-            scores = self._folded_dense(variables, images)
+            # fc6 folded with the pooling into a p x p window, slid over pool5; scores averaged.
+            scores = self.model.apply(variables, images, mode="dense", trained_pool5=self.side)
         return jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-
-    def _folded_dense(self, variables: Any, images: jax.Array) -> jax.Array:
-        """Class scores averaged over the positions of the folded fc6 window on pool5's map."""
-        params = variables["params"]
-        pool = jnp.asarray(adaptive_pool_matrix(self.side, arch.HEAD_INPUT_SIZE))  # (7, p)
-        # fc6(adaptive_pool(x)) = sum_ab K[a,b] (P x P^T)[a,b] = sum_ij x[i,j] K'[i,j]
-        fc6 = jnp.einsum("ai,bj,abch->ijch", pool, pool, params["fc6"]["kernel"].astype(float))
-        x = self.model.apply(variables, images, features=("pool5",))["pool5"]
-        x = jax.lax.conv_general_dilated(
-            x.astype(fc6.dtype),
-            fc6,
-            (1, 1),
-            "VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision="highest",
-        )
-        x = jax.nn.relu(x + params["fc6"]["bias"])
-        for name in ("fc7", "fc8"):
-            kernel = params[name]["kernel"]
-            x = jnp.einsum(
-                "nhwc,cd->nhwd", x, kernel.reshape(kernel.shape[-2:]), precision="highest"
-            )
-            x = x + params[name]["bias"]
-            x = jax.nn.relu(x) if name == "fc7" else x
-        return jnp.mean(x, axis=(1, 2))
 
     def __call__(self, images: np.ndarray, valid_hw: np.ndarray) -> np.ndarray:
         """Posteriors (B, classes) of a batch of unpadded views of one shape."""
