@@ -55,6 +55,13 @@ def plain_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = N
 SMALL_MAP = 2
 
 
+def _product(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
+    # Accumulated in at least float32, as PyTorch's bf16 autocast does; XLA:CPU also runs a bf16
+    # product with a float32 result about 3x faster than one with a bf16 result.
+    total_type = jnp.promote_types(a.dtype, jnp.float32)
+    return jnp.dot(a, b, precision=precision, preferred_element_type=total_type).astype(a.dtype)
+
+
 def _columns(padded: jax.Array, kh: int, kw: int) -> jax.Array:
     """The kh * kw shifted windows of a padded NHWC map side by side in the channels, (i, j, c)
     order, flattened to rows: (N * H' * W', kh * kw * C), H' and W' the valid output size."""
@@ -75,9 +82,7 @@ def _im2col(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> ja
     kh, kw, cin, cout = kernel.shape
     padded = _pad(x, padding)
     height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    out = jnp.dot(
-        _columns(padded, kh, kw), kernel.reshape(kh * kw * cin, cout), precision=precision
-    )
+    out = _product(_columns(padded, kh, kw), kernel.reshape(kh * kw * cin, cout), precision)
     return out.reshape(x.shape[0], height, width, cout)
 
 
@@ -90,11 +95,11 @@ def _as_matmul(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) ->
     n, height, width, _ = x.shape
     if padding == 0 and (kh, kw) == (height, width):
         flat = x.reshape(n, height * width * cin)
-        out = jnp.dot(flat, kernel.reshape(kh * kw * cin, cout), precision=precision)
+        out = _product(flat, kernel.reshape(kh * kw * cin, cout), precision)
         return out.reshape(n, 1, 1, cout)
     if padding == 0 and (kh, kw) == (1, 1):
         flat = x.reshape(n * height * width, cin)
-        out = jnp.dot(flat, kernel.reshape(cin, cout), precision=precision)
+        out = _product(flat, kernel.reshape(cin, cout), precision)
         return out.reshape(n, height, width, cout)
     if min(height, width) <= SMALL_MAP:
         return _im2col(x, kernel, padding, precision)
