@@ -111,14 +111,16 @@ def _cpu_conv(x: jax.Array, kernel: jax.Array, padding: int, precision: Any) -> 
     return plain_conv(x, kernel, padding, precision) if out is None else out
 
 
-def _kernel_grad(x: jax.Array, g: jax.Array, shape: tuple, padding: int, precision: Any, dtype):
+def _kernel_grad(
+    x: jax.Array, g: jax.Array, shape: tuple, padding: int, precision: Any, dtype: Any
+) -> jax.Array:
     # dW = columns(x)^T g, summed over every output pixel. Autodiff's form of it is a
     # convolution whose "window" is the whole image and whose features are the batch, slow on
     # XLA:CPU, and the columns of a whole 224x224x64 batch are 9 copies of the activation. So
     # one output row of every image at a time: its columns (a few MB, cache-sized) times its
-    # rows of g, accumulated in at least float32 (measured: dW of conv1_2 at batch 8, 0.73 s as
-    # 9 whole-map products, 0.33 s by rows). The loop runs over rows, never over the batch, so a
-    # batch-sharded step keeps its sharding.
+    # rows of g, accumulated in at least float32 (dW of conv1_2 at batch 8: 0.70-0.83 s as 9
+    # whole-map products, 0.33-0.51 s by rows; benchmarks/conv_forms.py). The loop runs over
+    # rows, never over the batch, so a batch-sharded step keeps its sharding.
     kh, kw, cin, cout = shape
     n, height, width, _ = g.shape
     padded = _pad(x, padding)

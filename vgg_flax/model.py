@@ -166,7 +166,7 @@ class VGG(nn.Module):
                 x = self._masked_dropout(x, dropout_masks[f"fc{suffix}"])
         x = self._squeeze(x, mode)
         if valid_hw is not None:
-            # fc6's 7x7 VALID window leaves (h/32 - 6) x (w/32 - 6) valid score positions.
+            # fc6's VALID window (7, or the trained pool5 side) leaves h/32 - (window - 1) rows.
             valid_hw = valid_hw - (window - 1)
             x = _zero_outside(x, valid_hw)
         if keep("fc8", x):
