@@ -77,18 +77,25 @@ class UnsafePickleError(PthError, pickle.UnpicklingError):
 
 
 def _refuse_state(self: Any, state: Any) -> None:
-    # dataclasses gives frozen slotted classes a __setstate__ that bypasses `frozen`; a pickle's
-    # BUILD would call it. Defined in each class body, this one replaces it.
     raise PthError(f"the pickle tries to change a {type(self).__name__}; refusing it")
 
 
+def _refuses_build(cls: type) -> type:
+    # dataclasses gives frozen slotted classes a __setstate__ that bypasses `frozen`, which a
+    # pickle's BUILD would call. Set after the class is built: some Python 3.11 releases (3.11.2,
+    # Debian's) replace a __setstate__ defined in the class body with dataclasses' own.
+    cls.__setstate__ = _refuse_state
+    return cls
+
+
+@_refuses_build
 @dataclasses.dataclass(frozen=True, slots=True)
 class _StorageType:
     name: str
     dtype: np.dtype
-    __setstate__ = _refuse_state
 
 
+@_refuses_build
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Storage:
     """A storage (or, in old files, a view of one) by key; its bytes are looked up at the end."""
@@ -97,9 +104,9 @@ class _Storage:
     dtype: np.dtype
     numel: int
     byte_offset: int = 0
-    __setstate__ = _refuse_state
 
 
+@_refuses_build
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Tensor:
     """A tensor's place in a storage; read into an array once every storage is loaded."""
@@ -108,20 +115,19 @@ class _Tensor:
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
-    __setstate__ = _refuse_state
 
     @property
     def numel(self) -> int:
         return math.prod(self.size)
 
 
+@_refuses_build
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Function:
     """An allowed callable global: frozen and slotted, so a pickle's BUILD cannot change it."""
 
     name: str
     function: Callable[..., Any]
-    __setstate__ = _refuse_state
 
     def __call__(self, *args: Any) -> Any:
         return self.function(*args)
