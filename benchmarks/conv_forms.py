@@ -67,7 +67,7 @@ def jax_forms(side: int, channels: int, batch: int, dtype: str) -> dict[str, dic
     import numpy as np
     from jax import lax
 
-    from vgg_flax import kernels
+    from vgg_flax.models import ops as kernels
 
     dt = jnp.dtype(dtype)
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, replace_block  # noqa: E402
 
-from vgg_flax import arch  # noqa: E402
+from vgg_flax.models import arch  # noqa: E402
 
 ARCH = "vgg16"
 # Dense peak TFLOP/s by device-name fragment: (bf16, tf32). Unknown chips need --peak-tflops.
@@ -128,7 +128,7 @@ def jax_train(dtype: str, args: argparse.Namespace) -> tuple[float, float]:
     import numpy as np
     import optax
 
-    from vgg_flax.model import create_model
+    from vgg_flax.models.vgg import create_model
     from vgg_flax.train.init import init_variables
 
     _check_jax_backend(args)

@@ -144,7 +144,7 @@ def jax_side(arch: str, task: str, args: argparse.Namespace) -> tuple[Callable[[
     import numpy as np
     import optax
 
-    from vgg_flax.model import create_model
+    from vgg_flax.models.vgg import create_model
     from vgg_flax.train.init import init_variables
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -416,7 +416,7 @@ def write_markdown(path: Path, label: str, report: dict[str, Any]) -> None:
 def replace_block(path: Path, label: str, lines: list[str]) -> None:
     """Write `lines` under a "### label" heading in the markdown file, replacing that label's
     earlier block (or appending one); text outside the blocks is kept. Written atomically."""
-    from vgg_flax.atomic import atomic_write
+    from vgg_flax.weights.atomic import atomic_write
 
     block = "\n".join([MARK.format(label), f"### {label}", "", *lines, END.format(label)])
     text = path.read_text() if path.exists() else "# Benchmarks\n"

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     import lpips
     import numpy as np
 
-    from vgg_flax.lpips import load_lpips, trunk_from_lpips
-    from vgg_flax.parity import float32_precision
+    from vgg_flax.parity.torchvision import float32_precision
+    from vgg_flax.perceptual.lpips import load_lpips, trunk_from_lpips
 
     torch.manual_seed(0)
     reference = lpips.LPIPS(net="vgg", pnet_rand=True, version="0.1", verbose=False)

@@ -62,8 +62,8 @@ def run_labels(runs: list[str], labels: list[str] | None) -> list[str]:
 
 def compare(runs: list[str], output: str, labels: list[str] | None = None) -> str:
     """Plot the curves of `runs` into `output`; returns its path."""
-    from vgg_flax.atomic import check_output
     from vgg_flax.train.metrics import plot_runs  # matplotlib: only once there is work to do
+    from vgg_flax.weights.atomic import check_output
 
     paths = [metrics_path(run) for run in runs]
     output = check_output(output)

@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # run as a file (python experiments/evaluate.py):
 
 # Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
 from vgg_flax import preprocessing  # noqa: E402
-from vgg_flax.atomic import atomic_write, check_output  # noqa: E402
 from vgg_flax.cli import HelpFormatter  # noqa: E402
 from vgg_flax.evaluate.protocols import PROTOCOLS  # noqa: E402
+from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +112,7 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def recorded(checkpoints: Sequence[str], key: str) -> dict[str, Any]:
     """path -> the value each checkpoint records under `key` (only those that record one)."""
-    from vgg_flax.loader import recorded_metadata
+    from vgg_flax.weights.loading import recorded_metadata
 
     values = {path: recorded_metadata(path).get(key) for path in checkpoints}
     return {path: value for path, value in values.items() if value is not None}
@@ -175,7 +175,7 @@ def normalization(checkpoints: list[str], flag: str | None) -> str:
     that contradicts a record is used, with a warning.
     """
     from vgg_flax.data.config import NORMALIZE_MODES
-    from vgg_flax.loader import recorded_preprocessing
+    from vgg_flax.weights.loading import recorded_preprocessing
 
     recorded = {path: recorded_preprocessing(path) for path in checkpoints}
     known = {value for value in recorded.values() if value is not None}

@@ -30,8 +30,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from vgg_flax import create_model
-from vgg_flax.losses import perceptual_loss
-from vgg_flax.lpips import TAPS, load_lpips
+from vgg_flax.perceptual.losses import perceptual_loss
+from vgg_flax.perceptual.lpips import TAPS, load_lpips
 
 
 def random_trunk(seed: int = 0):

@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 
 from experiments import paper_results  # noqa: E402
 from experiments.evaluate import add_dataset_options, data_options  # noqa: E402
-from vgg_flax import arch, preprocessing  # noqa: E402
-from vgg_flax.atomic import atomic_write  # noqa: E402
+from vgg_flax import preprocessing
 from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.models import arch  # noqa: E402
+from vgg_flax.weights.atomic import atomic_write  # noqa: E402
 
 Scale = int | tuple[int, int]
 Posteriors = dict[int, tuple[int, np.ndarray]]

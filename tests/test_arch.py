@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vgg_flax import ARCHS, TABLE2_MILLIONS, arch, create_model
+from vgg_flax import ARCHS, TABLE2_MILLIONS, create_model
+from vgg_flax.models import arch
 
 # The paper's exact counts (docs/paper.md, Parameter counts; torchvision's num_params for _bn).
 EXACT = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952}

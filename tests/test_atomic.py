@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from vgg_flax.atomic import atomic_write
+from vgg_flax.weights.atomic import atomic_write
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 import vgg_flax
-from vgg_flax import arch as arch_lib
 from vgg_flax import preprocessing
+from vgg_flax.models import arch as arch_lib
 
 TOLERANCE = 1e-5
 WIDTH, HEAD = 0.125, 32  # a narrow VGG-D, Caffe's layer names: conv1_1 ... fc8

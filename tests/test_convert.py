@@ -10,9 +10,9 @@ import torchvision
 
 import vgg_flax
 from vgg_flax.cli import main
-from vgg_flax.convert import UnusableHeadWarning, torchvision_entries
-from vgg_flax.loader import recorded_metadata
-from vgg_flax.parity import randomize
+from vgg_flax.formats.torchvision import UnusableHeadWarning, torchvision_entries
+from vgg_flax.parity.torchvision import randomize
+from vgg_flax.weights.loading import recorded_metadata
 
 
 @functools.lru_cache(maxsize=1)

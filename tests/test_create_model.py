@@ -15,9 +15,9 @@ import torch
 import torchvision
 
 import vgg_flax
-from vgg_flax import weights
-from vgg_flax.factory import weights_name
-from vgg_flax.pyramid import feature_info
+from vgg_flax.models.features import feature_info
+from vgg_flax.weights import registry as weights
+from vgg_flax.weights.factory import weights_name
 
 
 @pytest.fixture(scope="module")

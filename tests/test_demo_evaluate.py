@@ -22,9 +22,9 @@ import train_tiny
 
 import vgg_flax
 from experiments import evaluate as evaluate_cli
-from vgg_flax import checkpoint
 from vgg_flax.evaluate import protocols
-from vgg_flax.layers import adaptive_avg_pool
+from vgg_flax.models.layers import adaptive_avg_pool
+from vgg_flax.weights import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DIGITS = 360

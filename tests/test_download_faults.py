@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from vgg_flax import weights
-from vgg_flax.pretrained import DownloadError, fetch, remove_stale_partials
+from vgg_flax.weights import registry as weights
+from vgg_flax.weights.download import DownloadError, fetch, remove_stale_partials
 
 # The module (the package's attribute `vgg_flax.pretrained` is the function of that name).
-downloads = importlib.import_module("vgg_flax.pretrained")
+downloads = importlib.import_module("vgg_flax.weights.download")
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "weights-0123abcd.pth"  # the hash never matters: no test gets that far
@@ -160,7 +160,7 @@ def test_an_unreachable_server_fails_fast_naming_url_and_cache(cache):
 
 def _fetch_in_subprocess(url: str, cache: Path) -> subprocess.Popen:
     code = (
-        "import sys; from vgg_flax.pretrained import fetch; "
+        "import sys; from vgg_flax.weights.download import fetch; "
         f"fetch({NAME!r}, base_url=sys.argv[1], cache=sys.argv[2], progress=False)"
     )
     return subprocess.Popen(

@@ -21,7 +21,7 @@ from test_data_multihost import free_port
 
 from vgg_flax import save
 from vgg_flax.evaluate.metrics import TopKCounts
-from vgg_flax.model import create_model
+from vgg_flax.models.vgg import create_model
 from vgg_flax.train.init import init_variables
 
 # Rescaled to smaller side 224 and padded: 224x224, 224x256 and 256x224 (three compiled shapes).

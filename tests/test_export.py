@@ -12,9 +12,9 @@ import pytest
 from train_tiny import TINY
 
 import vgg_flax
-from vgg_flax import export
 from vgg_flax.cli import export as export_cli
 from vgg_flax.cli import main
+from vgg_flax.inference import export
 
 SIZE = 32
 # Runs in a fresh process with plain JAX: the export needs nothing of vgg-flax.

@@ -12,7 +12,8 @@ import pytest
 from train_tiny import TINY
 
 import vgg_flax
-from vgg_flax import checkpoint, create_model
+from vgg_flax import create_model
+from vgg_flax.weights import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def test_convert_on_a_full_disk_fails_clearly_and_leaves_nothing(tmp_path):
 
     import torch
 
-    from vgg_flax.convert import torchvision_entries
+    from vgg_flax.formats.torchvision import torchvision_entries
 
     generator = torch.Generator().manual_seed(0)
     state = {

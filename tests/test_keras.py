@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 import vgg_flax
-from vgg_flax import keras_parity, preprocessing, weights
+from vgg_flax import preprocessing
 from vgg_flax.cli import main
 from vgg_flax.formats.keras import from_keras
+from vgg_flax.parity import keras as keras_parity
+from vgg_flax.weights import registry as weights
 
 keras = keras_parity.import_keras()
 # Keras's own variables trip numpy 2's __array__(copy=) deprecation; not ours to fix.
@@ -235,7 +237,7 @@ def test_foreign_network_names_file_and_layer(tmp_path):
 
 
 def test_convert_records_caffe_preprocessing(vgg16_notop, tmp_path):
-    from vgg_flax import checkpoint
+    from vgg_flax.weights import checkpoint
 
     out = tmp_path / "ckpt"
     assert main(["convert", str(vgg16_notop.files["keras3"]), str(out)]) == 0

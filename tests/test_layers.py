@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgg_flax.layers import (
+from vgg_flax.models.layers import (
     BatchNorm,
     adaptive_avg_pool,
     fold_adaptive_pool,

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 import vgg_flax
-from vgg_flax.parity import randomize
+from vgg_flax.parity.torchvision import randomize
 
 
 def _vgg11_bn_net() -> torch.nn.Module:
@@ -73,7 +73,7 @@ def test_recorded_preprocessing_picks_the_evaluation_normalisation(tmp_path):
     older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing
     pth = tmp_path / "w.pth"
     torch.save(_vgg11_bn_net().state_dict(), pth)
-    assert vgg_flax.loader.recorded_preprocessing(trained) == "torchvision"
+    assert vgg_flax.weights.loading.recorded_preprocessing(trained) == "torchvision"
     assert normalization([trained], None) == "torchvision"
     assert normalization([older], None) == "mean_rgb"
     assert normalization([str(pth)], None) == "torchvision"

@@ -9,10 +9,10 @@ import piq
 import pytest
 import torch
 
-from vgg_flax import losses
-from vgg_flax.convert import torchvision_modules
-from vgg_flax.loader import load
-from vgg_flax.parity import float32_precision, torch_model
+from vgg_flax.formats.torchvision import torchvision_modules
+from vgg_flax.parity.torchvision import float32_precision, torch_model
+from vgg_flax.perceptual import losses
+from vgg_flax.weights.loading import load
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """Accelerator readiness without an accelerator: the steps lower for CUDA and TPU (jax.export).
 
-vgg_flax.kernels picks XLA:CPU formulations with `lax.platform_dependent`: matrix products
+vgg_flax.models.ops picks XLA:CPU formulations with `lax.platform_dependent`: matrix products
 (`dot_general`) for whole-window and 1x1 convolutions and for kernel gradients, and max pooling
 over reshaped windows with a mask for its gradient. A program exported for CUDA and TPU must hold
 only the standard ops: every convolution a `convolution`, pooling a `reduce_window` whose
@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import pytest
 import train_tiny
 
-from vgg_flax import arch, parallel
+from vgg_flax import parallel
 from vgg_flax.evaluate.batching import Scorer
-from vgg_flax.model import create_model
+from vgg_flax.models import arch
+from vgg_flax.models.vgg import create_model
 from vgg_flax.train import optim
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_images
 
-from vgg_flax import lpips_heads, weights
-from vgg_flax.lpips import load_lpips, trunk_from_lpips
-from vgg_flax.parity import float32_precision
+from vgg_flax.parity.torchvision import float32_precision
+from vgg_flax.perceptual import lpips_heads
+from vgg_flax.perceptual.lpips import load_lpips, trunk_from_lpips
+from vgg_flax.weights import registry as weights
 
 
 @functools.cache

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vgg_flax import activation_names, create_model
-from vgg_flax.initializers import kernel_init
+from vgg_flax.models.initializers import kernel_init
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_unknown_feature_name_is_refused(vgg_a):
 
 
 def test_narrow_net_is_a_public_option_with_the_counted_parameters():
-    from vgg_flax import arch
+    from vgg_flax.models import arch
 
     model = create_model("A", width=0.125, head_width=32, num_classes=10)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]

@@ -5,7 +5,7 @@ torchvision's modules get seeded random weights with non-trivial biases and Batc
 Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter (at
 least 1e-3 of the net's largest gradient: `parity.with_floor`), computed in float64 on both
 sides (in float32, max-pool near-ties route gradients differently on the two sides; see
-`vgg_flax.parity.compare`).
+`vgg_flax.parity.torchvision.compare`).
 """
 
 import functools
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vgg_flax.arch import TORCHVISION_ARCHS, activation_names
 from vgg_flax.cli import main
-from vgg_flax.convert import torchvision_entries
-from vgg_flax.parity import (
+from vgg_flax.formats.torchvision import torchvision_entries
+from vgg_flax.models.arch import TORCHVISION_ARCHS, activation_names
+from vgg_flax.parity.torchvision import (
     compare,
     difference,
     flax_layout,

@@ -1,4 +1,5 @@
-"""The optimised operations (vgg_flax/kernels.py) compute what the plain ones and PyTorch compute.
+"""The optimised operations (vgg_flax/models/ops.py) compute what the plain ones and PyTorch
+compute.
 
 References are independent of the code under test: XLA's own convolution and reduce_window with
 autodiff, a float64 NumPy convolution, and real torchvision (forward and every gradient).
@@ -15,8 +16,8 @@ import torchvision
 from jax import lax
 
 import vgg_flax
-from vgg_flax import kernels
-from vgg_flax.convert import to_torchvision
+from vgg_flax.formats.torchvision import to_torchvision
+from vgg_flax.models import ops as kernels
 from vgg_flax.xla_options import compiler_options
 
 

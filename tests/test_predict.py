@@ -16,7 +16,7 @@ from torchvision import transforms
 import vgg_flax
 from vgg_flax.classes import CLASSES_FILE, torchvision_categories
 from vgg_flax.cli import main
-from vgg_flax.predict import image_files, top_k
+from vgg_flax.inference.prediction import image_files, top_k
 from vgg_flax.preprocessing import TORCHVISION_MEAN, TORCHVISION_STD
 
 

@@ -8,7 +8,7 @@ import torch
 from torchvision import transforms
 
 from vgg_flax import create_model, preprocessing
-from vgg_flax.keras_parity import import_keras
+from vgg_flax.parity.keras import import_keras
 
 RGB = np.random.default_rng(0).random((2, 64, 64, 3), np.float32)  # RGB in [0, 1], NHWC
 
@@ -33,7 +33,7 @@ def test_lpips_preset_is_lpips_scaling_layer():
 
 
 def test_vgg16_features_preset_matches_the_registry():
-    from vgg_flax.weights import TORCHVISION_WEIGHTS
+    from vgg_flax.weights.registry import TORCHVISION_WEIGHTS
 
     entry = TORCHVISION_WEIGHTS["vgg16_features"]
     expected = (RGB * entry.pixel_scale - np.asarray(entry.mean)) / np.asarray(entry.std)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import vgg_flax
-from vgg_flax import weights
-from vgg_flax.convert import torchvision_entries
-from vgg_flax.pretrained import fetch
+from vgg_flax.formats.torchvision import torchvision_entries
+from vgg_flax.weights import registry as weights
+from vgg_flax.weights.download import fetch
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

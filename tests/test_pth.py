@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgg_flax.pth import PthError, UnsafePickleError, load_pth
+from vgg_flax.formats.pth import PthError, UnsafePickleError, load_pth
 
 FORMATS = {"zip": True, "legacy": False}
 
@@ -78,7 +78,7 @@ def test_reads_parameters(tmp_path):
 def test_loads_without_torch(saved):
     script = (
         "import sys, numpy as np\n"
-        "from vgg_flax.pth import load_pth\n"
+        "from vgg_flax.formats.pth import load_pth\n"
         f"state = load_pth({str(saved)!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(repr(float(np.asarray(state['strided_view'], np.float64).sum())))\n"

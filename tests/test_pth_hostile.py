@@ -19,9 +19,9 @@ import pytest
 import torch
 import torchvision
 
-from vgg_flax import pth
-from vgg_flax.convert import from_torchvision
-from vgg_flax.pth import PthError, UnsafePickleError, load_pth
+from vgg_flax.formats import pth
+from vgg_flax.formats.pth import PthError, UnsafePickleError, load_pth
+from vgg_flax.formats.torchvision import from_torchvision
 
 GIB = 1 << 30
 
@@ -187,7 +187,7 @@ _CHILD = textwrap.dedent(
     """
     import json, resource, sys, time
     import numpy as np
-    from vgg_flax.pth import PthError, load_pth
+    from vgg_flax.formats.pth import PthError, load_pth
     files, valid = json.loads(sys.argv[1]), sys.argv[2]
     load_pth(valid)  # warm up: imports and first-use costs are not the hostile files' doing
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_flax import architecture, checkpoint, create_model
+from vgg_flax import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
+from vgg_flax.weights import checkpoint
 
 IDENTITY = architecture(create_model("A", batch_norm=True, num_classes=10))
 

@@ -9,7 +9,7 @@ import pytest
 import train_tiny
 
 from vgg_flax import save
-from vgg_flax.model import create_model
+from vgg_flax.models.vgg import create_model
 from vgg_flax.train import recipe
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.trainer import start_from

@@ -20,8 +20,8 @@ import train_tiny
 from train_runner import small_config
 
 import vgg_flax
-from vgg_flax import checkpoint
 from vgg_flax.train import trainer
+from vgg_flax.weights import checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

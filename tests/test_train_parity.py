@@ -3,7 +3,7 @@
 Full-width vgg11 and vgg11_bn at 64x64, batch 8, 10 steps with momentum 0.9, weight decay and
 one learning-rate drop (a step drop for vgg11, a plateau drop for vgg11_bn), from the same
 torchvision weights on the same batches; the reference is `torch.optim.SGD` with torch's own
-schedulers (`vgg_flax.train_parity`). In float64 the cross-entropies agree to 1e-10 relative
+schedulers (`vgg_flax.parity.training`). In float64 the cross-entropies agree to 1e-10 relative
 at every step and every parameter, momentum buffer and running statistic to 1e-9; in float32
 the final loss agrees to 1e-4. vgg11_bn uses the same dropout masks on both sides, on one
 device and on four simulated ones. Each run is shared by the assertions about it (module
@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from vgg_flax.train_parity import TrainSetup, compare_training
+from vgg_flax.parity.training import TrainSetup, compare_training
 
 # Full-width float64 runs (~8 GB): before the rest of the suite grows this process.
 pytestmark = pytest.mark.big_memory

@@ -9,7 +9,7 @@ import optax
 import pytest
 import train_tiny
 
-from vgg_flax.model import create_model
+from vgg_flax.models.vgg import create_model
 from vgg_flax.parallel import make_mesh, to_global
 from vgg_flax.train.init import init_variables
 from vgg_flax.train.optim import make_optimizer

@@ -22,7 +22,7 @@ def paper_config(
 ) -> ml_collections.ConfigDict:
     """A config that trains VGG `arch` on ImageNet at training scale S=`scale` (or jittered)."""
     config = ml_collections.ConfigDict()
-    config.arch = arch  # Table 1's name, or a layer list (see vgg_flax.arch)
+    config.arch = arch  # Table 1's name, or a layer list (see vgg_flax.models.arch)
     config.batch_norm = False
     config.width = 1.0  # conv channel multiplier (e.g. 0.125 for a narrow net)
     config.head_width = 4096  # outputs of fc6 and fc7

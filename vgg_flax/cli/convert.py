@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from vgg_flax.arch import TORCHVISION_ARCHS
 from vgg_flax.cli import add_subcommand
-from vgg_flax.convert import HEAD_OPTIONS
+from vgg_flax.formats.torchvision import HEAD_OPTIONS
+from vgg_flax.models.arch import TORCHVISION_ARCHS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert args.pth and write the checkpoint with its architecture recorded beside it."""
-    from vgg_flax.atomic import check_output
     from vgg_flax.classes import imagenet_classes
     from vgg_flax.formats import preset_for_file
-    from vgg_flax.loader import load, save
     from vgg_flax.preprocessing import CROP_SIZE
+    from vgg_flax.weights.atomic import check_output
+    from vgg_flax.weights.loading import load, save
 
     check_output(args.out_dir, new=True)  # before seconds of reading and converting
     model, variables = load(args.pth, args.arch, head=args.head)

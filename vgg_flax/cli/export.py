@@ -7,7 +7,9 @@ import argparse
 from vgg_flax.cli import add_subcommand
 
 FORMATS = ("stablehlo", "savedmodel")
-PLATFORMS = "cpu,cuda,tpu"  # vgg_flax.export.DEFAULT_PLATFORMS (tested), without importing JAX
+PLATFORMS = (
+    "cpu,cuda,tpu"  # vgg_flax.inference.export.DEFAULT_PLATFORMS (tested), without importing JAX
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load args.source and write its export to args.out."""
-    from vgg_flax import export, loader
+    from vgg_flax.inference import export
+    from vgg_flax.weights import loading as loader
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     image_size = args.image_size or loader.recorded_metadata(args.source).get("input_size", 224)

@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from vgg_flax.arch import TORCHVISION_ARCHS
 from vgg_flax.cli import add_subcommand, parity_training
-from vgg_flax.predict import image_files
+from vgg_flax.inference.prediction import image_files
+from vgg_flax.models.arch import TORCHVISION_ARCHS
 from vgg_flax.preprocessing import (
     CROP_SIZE,
     TORCHVISION_MEAN,
@@ -56,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         const="",
         metavar="H5",
         help="compare with Keras 3's vgg16/vgg19 instead, on this Keras weights file (without "
-        "H5: seeded random weights); BGR mean-subtracted inputs (vgg_flax.keras_parity)",
+        "H5: seeded random weights); BGR mean-subtracted inputs (vgg_flax.parity.keras)",
     )
     parser.add_argument("--images", help="folder of images (default: random inputs)")
     parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
@@ -67,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--grad-dtype",
         choices=("float64", "float32"),
         default="float64",
-        help="precision of the gradient comparison (see vgg_flax.parity.compare)",
+        help="precision of the gradient comparison (see vgg_flax.parity.torchvision.compare)",
     )
     parser.add_argument("--train-bn", action="store_true", help="BatchNorm in training mode")
     parity_training.add_arguments(parser)
@@ -79,15 +79,15 @@ def run(args: argparse.Namespace) -> int:
     import torch  # before anything that might load TensorFlow
 
     if args.keras is not None:
-        from vgg_flax.keras_parity import run_parity
+        from vgg_flax.parity.keras import run_parity
 
         return run_parity(args.arch, args.keras or None, args.size, args.batch, args.seed)
 
     if args.train_steps:
         return parity_training.run(args)
 
-    from vgg_flax.parity import compare, torch_model
-    from vgg_flax.pth import load_pth
+    from vgg_flax.formats.pth import load_pth
+    from vgg_flax.parity.torchvision import compare, torch_model
 
     if args.images:
         images = load_images(args.images)

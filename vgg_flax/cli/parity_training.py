@@ -1,7 +1,7 @@
 """The `--train-steps` part of `vgg-flax parity`: training parity with PyTorch, step by step.
 
 vgg-flax's training step and a reference PyTorch step (SGD with momentum) start from the same
-weights and get the same batches; see `vgg_flax.train_parity`. Simulate several CPU devices for
+weights and get the same batches; see `vgg_flax.parity.training`. Simulate several CPU devices for
 vgg-flax with XLA_FLAGS=--xla_force_host_platform_device_count=N and --devices N.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from vgg_flax.arch import HEAD_WIDTH
+from vgg_flax.models.arch import HEAD_WIDTH
 from vgg_flax.train import recipe
 
 DEFAULTS = {"lr": 0.01, "step_every": 5, "warmup_steps": 2}
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the step-by-step comparison; exit status 1 if the runs part beyond the threshold."""
-    from vgg_flax.train_parity import TrainSetup, compare_training, format_report
+    from vgg_flax.parity.training import TrainSetup, compare_training, format_report
 
     setup = TrainSetup(
         steps=args.train_steps,

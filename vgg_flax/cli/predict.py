@@ -16,9 +16,9 @@ import os
 import sys
 from typing import Any
 
-from vgg_flax.arch import TORCHVISION_ARCHS
 from vgg_flax.cli import add_subcommand
 from vgg_flax.evaluate.protocols import PROTOCOLS
+from vgg_flax.models.arch import TORCHVISION_ARCHS
 from vgg_flax.preprocessing import CROP_SIZE, PRESETS, TORCHVISION_RESIZE
 
 
@@ -67,10 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, dict[str, Any]]:
     """(model, variables, recorded preset, recorded metadata) of a weights source."""
-    from vgg_flax.factory import list_pretrained, pretrained_entry
+    from vgg_flax.weights.factory import list_pretrained, pretrained_entry
 
     if source in list_pretrained() and not os.path.exists(source):
-        from vgg_flax.pretrained import pretrained
+        from vgg_flax.weights.download import pretrained
 
         model, variables = pretrained(source, head="keep")
         return model, variables, pretrained_entry(source).preprocessing, {}
@@ -79,7 +79,7 @@ def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, d
             f"--weights {source}: no such file or folder, and not a pretrained name "
             f"({', '.join(list_pretrained())})"
         )
-    from vgg_flax.loader import load, recorded_metadata, recorded_preprocessing
+    from vgg_flax.weights.loading import load, recorded_metadata, recorded_preprocessing
 
     model, variables = load(source, arch, head="keep")
     return model, variables, recorded_preprocessing(source), recorded_metadata(source)
@@ -87,7 +87,7 @@ def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, d
 
 def run(args: argparse.Namespace) -> int:
     """Print each image's top classes as a table, or all of them as JSON."""
-    from vgg_flax.predict import image_files, predict
+    from vgg_flax.inference.prediction import image_files, predict
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
     else:
-        from vgg_flax.predict import format_table
+        from vgg_flax.inference.prediction import format_table
 
         print(format_table(predictions))
     return 0

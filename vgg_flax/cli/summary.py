@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vgg_flax.cli import add_subcommand
-from vgg_flax.summary import format_table, summary_rows
+from vgg_flax.models.summary import format_table, summary_rows
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

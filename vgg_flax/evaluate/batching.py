@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vgg_flax import arch, parallel
+from vgg_flax import parallel
+from vgg_flax.models import arch
 
 
 def check_dense_size(height: int, width: int) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vgg_flax import arch
+from vgg_flax.models import arch
 
 if TYPE_CHECKING:
     from vgg_flax.evaluate.batching import Scorer

@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from vgg_flax import parallel, preprocessing
-from vgg_flax.arch import NETWORK_STRIDE
 from vgg_flax.evaluate.batching import Scorer
 from vgg_flax.evaluate.metrics import TopKCounts
 from vgg_flax.evaluate.protocols import PROTOCOLS, evaluate, scorer, view_size
+from vgg_flax.models.arch import NETWORK_STRIDE
 
 
 def load_network(
@@ -37,7 +37,7 @@ def load_network(
     `input_size` is the crop size the network was trained at (default: what its checkpoint
     records, else 224); networks trained below 224 are scored at their size (`protocols.scorer`).
     """
-    from vgg_flax.loader import load, recorded_metadata
+    from vgg_flax.weights.loading import load, recorded_metadata
 
     size = input_size or recorded_metadata(path).get("input_size") or preprocessing.CROP_SIZE
     return scorer(*load(path, arch, head="keep"), input_size=size)

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_flax import arch
 from vgg_flax.evaluate.batching import Batch, Scorer, ShapeBatcher, _assemble, batch_rows
+from vgg_flax.models import arch
 
 CROP = arch.MIN_DENSE_SIZE
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax import arch as arch_lib
-from vgg_flax.model import VGG, create_model
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.models.vgg import VGG, create_model
 
 # File suffix -> the preprocessing preset its weights expect (vgg_flax.preprocessing.PRESETS).
 SUFFIXES = {".h5": "caffe", ".hdf5": "caffe", ".caffemodel": "caffe"}
@@ -90,7 +90,7 @@ def preset_for_file(path: str | os.PathLike) -> str:
 
     Keras and Caffe files: "caffe"; other `.pth` files: "torchvision".
     """
-    from vgg_flax import weights
+    from vgg_flax.weights import registry as weights
 
     name = os.path.basename(os.fspath(path))
     for entry in (*weights.TORCHVISION_WEIGHTS.values(), *weights.KERAS_WEIGHTS.values()):

@@ -9,7 +9,7 @@ caffe.proto's fields used here:
   shape = 7 (BlobShape: dim = 1), double_data = 8.
 Convolutions are (out, in, kh, kw) cross-correlations as ours; InnerProduct weights are
 (out, in) with fc6's inputs flattened in (C, H, W) order, which is torchvision's too, so the
-same reordering (`vgg_flax.convert`) applies. Inputs: BGR, 0-255, minus the mean pixel
+same reordering (`vgg_flax.formats.torchvision`) applies. Inputs: BGR, 0-255, minus the mean pixel
 (`vgg_flax.preprocessing.PRESETS["caffe"]`). Caffe rounds pooling output sizes up, we (and
 Keras, torchvision) down: the two agree when height and width are multiples of 32.
 """
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax.arch import HEAD_INPUT_SIZE
-from vgg_flax.convert import to_flax_layout
 from vgg_flax.formats import check_head, protobuf
+from vgg_flax.formats.torchvision import to_flax_layout
+from vgg_flax.models.arch import HEAD_INPUT_SIZE
 
 _V1_TYPES = {4: "Convolution", 14: "InnerProduct"}
 _NEW, _V1 = 100, 2

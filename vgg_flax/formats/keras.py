@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax import arch as arch_lib
 from vgg_flax.formats import check_head
+from vgg_flax.models import arch as arch_lib
 
 _KERAS_CONV = re.compile(r"block(\d+)_conv(\d+)$")
 _KERAS_HEAD = {"fc1": "fc6", "fc2": "fc7", "predictions": "fc8"}

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import arch
+from vgg_flax.models import arch
 from vgg_flax.train import recipe
 
 # Variables of at least this many bytes get an initialisation program of their own: VGG16's

@@ -51,7 +51,7 @@ class MetricsWriter:
             return
         from tensorboardX.summary import hparams
 
-        from vgg_flax.atomic import atomic_write
+        from vgg_flax.weights.atomic import atomic_write
 
         with atomic_write(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, default=str)

@@ -24,15 +24,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vgg_flax import checkpoint, loader
-from vgg_flax.arch import arch_label
-from vgg_flax.atomic import atomic_write
-from vgg_flax.model import architecture, create_model
+from vgg_flax.models.arch import arch_label
+from vgg_flax.models.vgg import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
 from vgg_flax.train import optim
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
+from vgg_flax.weights import checkpoint
+from vgg_flax.weights import loading as loader
+from vgg_flax.weights.atomic import atomic_write
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -6,7 +6,7 @@ run:
 
 - StableHLO: `jax.export.deserialize(open(path, "rb").read()).call(images)` in any JAX process;
   the module carries one lowering per platform in `platforms` (the CPU kernels of
-  `vgg_flax.kernels` differ from the accelerators' ones, and JAX picks the one it runs on).
+  `vgg_flax.models.ops` differ from the accelerators' ones, and JAX picks the one it runs on).
 - SavedModel: `tf.saved_model.load(path).serve(images)` (also the "serving_default" signature);
   built with `jax.experimental.jax2tf`, which in this JAX version always wraps the same StableHLO
   in one TensorFlow op (XlaCallModule) and keeps the weights as TensorFlow variables.
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_flax.atomic import atomic_write, check_output
+from vgg_flax.weights.atomic import atomic_write, check_output
 
 # A module lowered for several platforms runs on any of them; lowering needs no such device.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")

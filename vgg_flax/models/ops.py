@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vgg_flax.layers import adaptive_avg_pool, fold_adaptive_pool
+from vgg_flax.models.layers import adaptive_avg_pool, fold_adaptive_pool
 
 KERNELS = ("auto", "lax")
 

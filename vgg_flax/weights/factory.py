@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vgg_flax import arch as arch_lib
-from vgg_flax import weights
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.weights import registry as weights
 
 # Fields fixed by the weights' tensors: a pretrained model cannot change them.
 _FIXED_BY_WEIGHTS = ("width", "head_width")
@@ -84,8 +84,8 @@ def pretrained_model(
     import jax
     import jax.numpy as jnp
 
-    from vgg_flax.initializers import kernel_init
-    from vgg_flax.pretrained import pretrained as fetch_pretrained
+    from vgg_flax.models.initializers import kernel_init
+    from vgg_flax.weights.download import pretrained as fetch_pretrained
 
     fixed = [field for field in _FIXED_BY_WEIGHTS if field in options]
     if fixed:

@@ -35,7 +35,7 @@ class Weights:
     url: str | None = None
     md5: str | None = None
     # The file's length in bytes, where published (downloads stop there); None: unknown, and a
-    # download is capped at vgg_flax.pretrained.UNKNOWN_SIZE_LIMIT instead.
+    # download is capped at vgg_flax.weights.download.UNKNOWN_SIZE_LIMIT instead.
     size: int | None = None
 
 

@@ -1,6 +1,7 @@
 """A VGG frozen inside another model: named activations whose parameters never get a gradient.
 
-The shared core of `vgg_flax.lpips` and `vgg_flax.losses`. Images arrive already normalised
+The shared core of `vgg_flax.perceptual.lpips` and `vgg_flax.perceptual.losses`. Images arrive
+already normalised
 (float32); the trunk runs in `dtype` (e.g. bfloat16) and its activations come back in float32, so
 everything computed from them afterwards (unit normalisation, Gram matrices, distances) is
 float32. `remat=True` wraps the trunk in `jax.checkpoint`: its activations are recomputed in the
@@ -17,8 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vgg_flax.arch import activation_names
-from vgg_flax.model import VGG
+from vgg_flax.models.arch import activation_names
+from vgg_flax.models.vgg import VGG
 
 Variables = Mapping[str, Any]
 Trunk = tuple[VGG, Variables]
@@ -30,12 +31,13 @@ def resolve_trunk(
     """`(model, variables)` for a trunk given as any of vgg-flax's weight sources.
 
     None: torchvision's `default` weights (`vgg_flax.pretrained`); a key of
-    `vgg_flax.weights.TORCHVISION_WEIGHTS` (e.g. "vgg19"); a checkpoint directory, `.pth` file
+    `vgg_flax.weights.registry.TORCHVISION_WEIGHTS` (e.g. "vgg19"); a checkpoint directory, `.pth`
+    file
     or state dict (`vgg_flax.load`); or a `(model, variables)` pair, used as it is.
     """
-    from vgg_flax import weights
-    from vgg_flax.loader import load
-    from vgg_flax.pretrained import pretrained
+    from vgg_flax.weights import registry as weights
+    from vgg_flax.weights.download import pretrained
+    from vgg_flax.weights.loading import load
 
     if isinstance(trunk, tuple):
         model, variables = trunk

@@ -3,7 +3,7 @@
 The heads are the 1x1 convolutions `lin0` ... `lin4` (one output, no bias) of the `lpips`
 package. Their files are looked for in the `lpips` package, in `torchmetrics` (v0.1 only) and in
 vgg-flax's weights cache, found through importlib without importing either package; a file is
-used only if its SHA-256 is the published one (`vgg_flax.weights.LPIPS_VGG_HEADS`).
+used only if its SHA-256 is the published one (`vgg_flax.weights.registry.LPIPS_VGG_HEADS`).
 `download_heads` fetches a missing file once from the authors' repository into the cache.
 Unlike the original (`load_state_dict(..., strict=False)`), a file with a missing or misshaped
 layer is an error naming it, never a silently random head.
@@ -17,9 +17,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vgg_flax import weights
-from vgg_flax.pretrained import _sha256, cache_dir, download
-from vgg_flax.pth import load_pth
+from vgg_flax.formats.pth import load_pth
+from vgg_flax.weights import registry as weights
+from vgg_flax.weights.download import _sha256, cache_dir, download
 
 # Channels of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: the inputs of lin0 ... lin4.
 HEAD_CHANNELS = (64, 128, 256, 512, 512)
@@ -95,7 +95,7 @@ def find_heads(version: str = "0.1", cache: str | os.PathLike | None = None) -> 
             return path
     raise FileNotFoundError(
         f"no LPIPS v{version} VGG head file found; looked in: {'; '.join(looked)}. Install the "
-        f"`lpips` package, or download it once with vgg_flax.lpips_heads.download_heads("
+        f"`lpips` package, or download it once with vgg_flax.perceptual.lpips_heads.download_heads("
         f"{version!r}) from {head_url(version)}"
     )
 
@@ -109,7 +109,8 @@ def download_heads(
 ) -> str:
     """Download the VGG head file for `version` into the weights cache, SHA-256 checked.
 
-    `base_url` replaces the authors' `vgg_flax.weights.LPIPS_WEIGHTS_URL` (the file is fetched
+    `base_url` replaces the authors' `vgg_flax.weights.registry.LPIPS_WEIGHTS_URL` (the file is
+    fetched
     from `{base_url}/v{version}/vgg.pth`). Returns the cached path.
     """
     version = _check_version(version)

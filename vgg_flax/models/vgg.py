@@ -14,10 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import arch as arch_lib
-from vgg_flax.initializers import INITS, kernel_init
-from vgg_flax.kernels import Conv, check_kernels, pool_2x2
-from vgg_flax.layers import BatchNorm, local_response_norm
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.models.initializers import INITS, kernel_init
+from vgg_flax.models.layers import BatchNorm, local_response_norm
+from vgg_flax.models.ops import Conv, check_kernels, pool_2x2
 
 MODES = ("classify", "dense", "dense_map")
 # The fields that define a network's variables; checkpoints record them (see `architecture`).
@@ -28,7 +28,7 @@ class VGG(nn.Module):
     """A VGG network, NHWC input; its architecture is the fields below.
 
     - arch: a Table 1 name ("A", "A-LRN", "B", "C", "D", "E") or a layer list as a tuple (see
-      `vgg_flax.arch`: ints for 3x3 convs, "1x1-C", "M", "LRN"), five "M" in all;
+      `vgg_flax.models.arch`: ints for 3x3 convs, "1x1-C", "M", "LRN"), five "M" in all;
     - batch_norm: BatchNorm after every conv; width: multiplier of every conv's channels;
       head_width: outputs of fc6 and fc7 (4096 in the paper); pooling: "max" (the paper) or
       "avg" (as the style-transfer literature uses); num_classes: outputs of fc8;
@@ -38,7 +38,7 @@ class VGG(nn.Module):
     - mode "classify": logits (N, num_classes), for any input of at least 32x32;
     - mode "dense": the dense-evaluation score map averaged over space, (N, num_classes);
     - mode "dense_map": the class score map itself, (N, h, w, num_classes), input >= 224x224;
-    - features: names from `vgg_flax.arch.activation_names` (e.g. "relu4_2", "pool5", "fc7",
+    - features: names from `vgg_flax.models.arch.activation_names` (e.g. "relu4_2", "pool5", "fc7",
       "logits"); when given, a dict of those activations is returned instead, and the network
       stops after the last one asked for.
     - valid_hw (modes "dense"/"dense_map" only): int array (N, 2) of each image's true height and
@@ -276,10 +276,12 @@ def create_model(
     `pretrained`: True (torchvision's ImageNet weights of `arch`) or a name of
     `vgg_flax.list_pretrained()` (e.g. "vgg16_bn") returns `(model, variables)`, downloaded once
     by `vgg_flax.pretrained`; a `num_classes` other than the weights' gets a fresh fc8, drawn
-    from `key=` (PRNG key or int seed, default 0). See `vgg_flax.factory.pretrained_model`.
+    from `key=` (PRNG key or int seed, default 0). See `vgg_flax.weights.factory.pretrained_model`.
     """
     if pretrained:
-        from vgg_flax.factory import pretrained_model  # imports the loader, which imports us
+        from vgg_flax.weights.factory import (
+            pretrained_model,  # imports the loader, which imports us
+        )
 
         if not isinstance(arch, str):
             raise ValueError("pretrained weights need an architecture name, not a layer list")

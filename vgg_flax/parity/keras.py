@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vgg_flax.formats.keras import KERAS_ARCHS, from_keras
-from vgg_flax.parity import ParityReport, difference
+from vgg_flax.parity.torchvision import ParityReport, difference
 
 # vgg-flax's torchvision-style names of the two networks keras.applications ships.
 KERAS_NETWORKS = {"vgg16": "VGG16", "vgg19": "VGG19"}

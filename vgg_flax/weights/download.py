@@ -1,4 +1,4 @@
-"""torchvision's ImageNet weights (`vgg_flax.weights`): download once, verify, convert.
+"""torchvision's ImageNet weights (`vgg_flax.weights.registry`): download once, verify, convert.
 
 Files are cached in `VGG_FLAX_CACHE` (default `~/.cache/vgg_flax`); a copy already in torch's hub
 cache is used in place. A download streams into a per-process `.part` file in the cache folder,
@@ -27,9 +27,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vgg_flax import weights
-from vgg_flax.loader import load
-from vgg_flax.model import VGG
+from vgg_flax.models.vgg import VGG
+from vgg_flax.weights import registry as weights
+from vgg_flax.weights.loading import load
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 _BLOCK = 1 << 20

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch  # before anything that might load TensorFlow
 
-from vgg_flax.arch import HEAD_WIDTH
-from vgg_flax.parity import (
+from vgg_flax.models.arch import HEAD_WIDTH
+from vgg_flax.parity.torchvision import (
     Difference,
     check_train_bn,
     flax_layout,
@@ -242,7 +242,7 @@ class _FlaxRun:
         import jax
         import jax.numpy as jnp
 
-        from vgg_flax.model import create_model
+        from vgg_flax.models.vgg import create_model
         from vgg_flax.parallel import make_mesh
         from vgg_flax.train import optim
         from vgg_flax.train.step import create_state, make_train_step

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vgg_flax import arch as arch_lib
+from vgg_flax.models import arch as arch_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import checkpoint, formats
-from vgg_flax.convert import from_torchvision, infer_arch
-from vgg_flax.model import ARCHITECTURE_FIELDS, VGG, architecture, create_model
-from vgg_flax.pth import load_pth
+from vgg_flax import formats
+from vgg_flax.formats.pth import load_pth
+from vgg_flax.formats.torchvision import from_torchvision, infer_arch
+from vgg_flax.models.vgg import ARCHITECTURE_FIELDS, VGG, architecture, create_model
+from vgg_flax.weights import checkpoint
 
 Variables = dict[str, Any]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax import arch as arch_lib
-from vgg_flax.atomic import atomic_write
-from vgg_flax.pth import load_pth
+from vgg_flax.formats.pth import load_pth
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.weights.atomic import atomic_write
 
 HEAD_OPTIONS = ("auto", "keep", "drop")
 _BN_TORCH = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}

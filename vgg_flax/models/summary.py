@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vgg_flax import arch
+from vgg_flax.models import arch
 
 
 def summary_rows(size: int = 224, num_classes: int = 1000) -> list[dict[str, object]]:

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vgg_flax import arch as arch_lib
-from vgg_flax.atomic import check_output
-from vgg_flax.model import ARCHITECTURE_FIELDS
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.models.vgg import ARCHITECTURE_FIELDS
+from vgg_flax.weights.atomic import check_output
 
 HASH_KEY = "content_sha256"
 
@@ -311,7 +311,7 @@ def save_training(
 ) -> None:
     """Write training `state` and JSON `meta` (with the model's architecture) as checkpoint `step`.
 
-    `meta` needs every field of `vgg_flax.model.ARCHITECTURE_FIELDS`, so that a resumed run can
+    `meta` needs every field of `vgg_flax.models.vgg.ARCHITECTURE_FIELDS`, so that a resumed run can
     tell whether the checkpoint belongs to its network.
     """
     missing = [key for key in ARCHITECTURE_FIELDS if key not in meta]
@@ -338,7 +338,7 @@ def restore_training(
 
     With `target` None the state comes back as saved, in host memory (for inspection).
     Refuses, with ValueError, a checkpoint whose `identity` (the architecture fields of
-    `vgg_flax.model.architecture`) differs from the run's, and one that cannot be read back
+    `vgg_flax.models.vgg.architecture`) differs from the run's, and one that cannot be read back
     (corrupt or truncated files).
     """
     step = manager.latest_step()

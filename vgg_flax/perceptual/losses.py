@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from vgg_flax import frozen, weights
-from vgg_flax.model import VGG
+from vgg_flax.models.vgg import VGG
+from vgg_flax.perceptual import frozen
 from vgg_flax.preprocessing import TORCHVISION_MEAN, TORCHVISION_STD
+from vgg_flax.weights import registry as weights
 
 CRITERIA = ("mse", "l1")
 GRAMS = ("gatys", "johnson")
@@ -97,7 +98,7 @@ def total_variation(images: jax.Array, power: float = 1.0) -> jax.Array:
 class Preset:
     """A published recipe: trunk weights, taps with weights, distances and loss weights."""
 
-    trunk: str  # a key of vgg_flax.weights.TORCHVISION_WEIGHTS
+    trunk: str  # a key of vgg_flax.weights.registry.TORCHVISION_WEIGHTS
     content: Layers
     style: Layers = ()
     criterion: str = "mse"

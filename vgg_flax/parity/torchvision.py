@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax.arch import HEAD_INPUT_SIZE, HEAD_WIDTH, TORCHVISION_ARCHS, activation_names
-from vgg_flax.convert import (
+from vgg_flax.formats.torchvision import (
     from_torchvision,
     to_flax_layout,
     to_torch_layout,
     torchvision_entries,
     torchvision_modules,
 )
-from vgg_flax.loader import load
-from vgg_flax.model import create_model
+from vgg_flax.models.arch import HEAD_INPUT_SIZE, HEAD_WIDTH, TORCHVISION_ARCHS, activation_names
+from vgg_flax.models.vgg import create_model
+from vgg_flax.weights.loading import load
 
 # The absolute floor of a comparison: this fraction of the largest magnitude among all tensors
 # of a kind (all gradients, all momentum buffers, ...). Values that are zero by construction are

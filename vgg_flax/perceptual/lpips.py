@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from vgg_flax import frozen
-from vgg_flax.lpips_heads import HEAD_CHANNELS, load_heads
-from vgg_flax.model import VGG
+from vgg_flax.models.vgg import VGG
+from vgg_flax.perceptual import frozen
+from vgg_flax.perceptual.lpips_heads import HEAD_CHANNELS, load_heads
 
 # The original's ScalingLayer: ImageNet's mean and std mapped to inputs in [-1, 1].
 SHIFT = (-0.030, -0.088, -0.188)
@@ -76,7 +76,8 @@ def load_lpips(
 
     `trunk`: torchvision's vgg16 weights by default (`vgg_flax.pretrained`), or any source
     `vgg_flax.load` takes, or a `(model, variables)` pair. `heads`: a head file or state dict;
-    by default the published file for `version` (`vgg_flax.lpips_heads.find_heads`). `dtype`
+    by default the published file for `version` (`vgg_flax.perceptual.lpips_heads.find_heads`).
+    `dtype`
     (e.g. jnp.bfloat16) is the trunk's compute dtype; normalisation and heads stay float32.
     `remat` recomputes the trunk in the backward pass to save memory.
     """
@@ -99,8 +100,8 @@ def trunk_from_lpips(state: Mapping[str, Any]) -> frozen.Trunk:
     Its `net.slice{k}.{i}` modules are torchvision's `features.{i}` cut into slices, so the keys
     map back by index and go through `vgg_flax.load` (the classifier it expects is never read).
     """
-    from vgg_flax.convert import torchvision_entries
-    from vgg_flax.loader import load
+    from vgg_flax.formats.torchvision import torchvision_entries
+    from vgg_flax.weights.loading import load
 
     trunk = {
         "features." + key.split(".", 2)[2]: value

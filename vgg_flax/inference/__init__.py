@@ -1,0 +1,1 @@
+"""Using a trained model: top-k prediction on image files, and export (StableHLO, SavedModel)."""

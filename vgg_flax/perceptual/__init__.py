@@ -1,0 +1,1 @@
+"""VGG frozen inside other models: LPIPS, content and style losses, and their shared trunk."""
