@@ -245,6 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: print the errors and the JSON result."""
     args = build_parser().parse_args(argv)
+    from vgg_flax import compile_cache
+
+    compile_cache.enable()  # a second evaluation of the same shapes skips compiling
     try:
         result = run(args)
     except ValueError as error:

@@ -87,8 +87,10 @@ def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, d
 
 def run(args: argparse.Namespace) -> int:
     """Print each image's top classes as a table, or all of them as JSON."""
+    from vgg_flax import compile_cache
     from vgg_flax.inference.prediction import image_files, predict
 
+    compile_cache.enable()  # a second prediction at the same sizes skips compiling
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     files = image_files(args.images)  # before seconds of loading weights

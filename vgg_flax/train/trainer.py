@@ -24,6 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from vgg_flax import compile_cache
 from vgg_flax.models.arch import arch_label
 from vgg_flax.models.vgg import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
@@ -134,6 +135,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     check_config(config)
     started = time.perf_counter()
+    compile_cache.enable()  # a rerun of the same config skips compiling its steps
     # ----- Set up: hosts, devices, the mesh --------------------------------------------------
     initialize_distributed()
     mesh = make_mesh()
@@ -244,6 +246,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     )
     last_eval: dict[str, float] = {}
     images_per_s = math.nan
+    first_step_s = None  # from the start of train() to the end of its first step
     with (
         _StopOnSigterm() as stop,
         tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, unit="step") as bar,
@@ -255,6 +258,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             # catches a diverging run before any checkpoint of it is written.
             step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             step += 1
+            if first_step_s is None:
+                first_step_s = time.perf_counter() - started
             lr = step_metrics["learning_rate"]
             # BatchNorm's running statistics can overflow while loss and parameters stay finite.
             params_finite = step_metrics.pop("params_finite") > 0 and bool(
@@ -312,6 +317,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         "eval": last_eval,
         "images_per_s": images_per_s,
         "wall_s": time.perf_counter() - started,
+        "first_step_s": first_step_s,
         "workdir": os.path.abspath(workdir),
     }
     try:
