@@ -1,17 +1,26 @@
-"""README.md stays true: its model-building example runs, and its shell commands run as written.
+"""README.md and docs/*.md stay true: their code blocks run, and their commands run as written.
 
-Every command of the README's shell code blocks (```sh, ```bash, ```console or unlabelled) is
-found generically, so commands added later are covered too. Quick ones run for real from a
-scratch folder laid out like a checkout after `make demo` (runs/demo and runs/narrow from one
-tiny training run, experiments/ and .venv/ linked, photo.jpg and photos/ generated); their exit
-status must be 0. Slow ones are listed in SLOW with the reason (a full training run, ImageNet,
-a download); for those the command line itself is checked: every flag parses (argparse, absl
-config fields), make targets exist, other programs answer --help. Commands quoted inline in the
-prose (with placeholders such as DIR) are checked the same way.
+Every fenced block of README.md and docs/*.md is found generically, so blocks added later, and
+new pages, are covered too:
+
+- Shell blocks (```sh, ```bash, ```shell, ```console or unlabelled): each command, counted once
+  across all the pages. Quick ones run for real from a scratch folder laid out like a checkout
+  after `make demo` (runs/demo and runs/narrow from one tiny training run, experiments/ and
+  .venv/ linked, photo.jpg and photos/ generated); their exit status must be 0. Slow ones are
+  listed in SLOW with the reason (a full training run, ImageNet, a download); for those the
+  command line itself is checked: every flag parses (argparse, absl config fields), make targets
+  exist, test files exist, other programs answer --help. Commands quoted inline in the prose
+  (with placeholders such as DIR) are checked the same way.
+- Python blocks: each runs in a fresh namespace in that scratch folder, unless PY_SLOW lists why
+  it cannot (a download, ILSVRC-2012); those are compiled, and every module they import and
+  every `vgg_flax.NAME` they use must exist. CHECKS adds assertions on what a block computes.
+- ```text blocks are program output, not run; any other language is an error (so a block is
+  never skipped by accident).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import importlib.util
@@ -22,6 +31,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -29,14 +39,18 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))
 SHELL_BLOCKS = ("", "sh", "bash", "shell", "console")
+OUTPUT_BLOCKS = ("text",)
 BIN = pathlib.Path(sys.executable).parent
 
 # Commands that cannot run in a test, each with why; matched by regular expression. Only their
-# command line is checked (check_parses). Everything else in the README runs for real.
+# command line is checked (check_parses). Everything else in the pages runs for real.
 SLOW = (
     (r"^make demo\b", "trains full-width VGG-A for ~10 minutes"),
     (r"^make test\b", "the whole test suite, this test included"),
+    (r"^pip install\b", "installs packages from PyPI"),
+    (r"-m pytest\b", "part of the test suite, which runs on its own"),
     (r"imagenet2012|--manual-dir|configs/(a|b|c|d|e|alrn)_\w+\.py", "needs ILSVRC-2012 prepared"),
     (
         r"vgg\d+(_bn)?-[0-9a-f]{8}\.pth|ckpt/vgg16|--weights vgg\d+",
@@ -47,36 +61,73 @@ SLOW = (
     (r"^tensorboard\b", "starts a server that runs until stopped"),
 )
 
+# Python blocks that cannot run in a test, each with why; matched against the block's text.
+# They are compiled and their imports and vgg_flax names checked (test_slow_python_compiles).
+PY_SLOW = (
+    (r"imagenet2012", "needs ILSVRC-2012 prepared"),
+    (
+        r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(",
+        "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
+    ),
+    (
+        r"\.pth\"|\.h5\"|\.caffemodel\"|\"ckpt/",
+        "reads a full-size weight file (downloaded) or a checkpoint converted from one",
+    ),
+)
 
-def test_model_example_runs():
-    text = README.read_text()
-    block = re.search(r"## Build a model and run it\s+```python\n(.*?)```", text, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["logits"].shape == (1, 1000)
-    assert namespace["scores"].shape == (1, 1000)
-    assert namespace["score_map"].shape == (1, 6, 10, 1000)
-    assert set(namespace["feats"]) == {"relu4_2", "pool5"}
-    assert set(namespace["both"]) == {"fc7", "logits"}
-    assert namespace["tiny_logits"].shape == (2, 10)
-    assert namespace["tiny_variables"]["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 8)
-    assert namespace["spec"]["width"] == 0.125 and namespace["spec"]["head_width"] == 32
+
+class Block(NamedTuple):
+    """One fenced code block of a page."""
+
+    page: str  # the page's path relative to the repository
+    line: int  # the line of its opening fence
+    heading: str  # the heading it stands under
+    lang: str
+    body: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
 
-def readme_commands(text: str) -> list[str]:
-    """The shell commands of the README's shell code blocks: continuations joined, comments
-    and prompts dropped."""
-    commands = []
-    for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
-        if lang not in SHELL_BLOCKS:
+def code_blocks(path: pathlib.Path) -> list[Block]:
+    """The fenced code blocks of a markdown page, each with the heading above it."""
+    blocks, heading, fence = [], "", None
+    for number, line in enumerate(path.read_text().splitlines(keepends=True), 1):
+        if fence is None:
+            opening = re.match(r"^```(\S*)\s*$", line)
+            if opening:
+                fence, lang, first, body = opening, opening.group(1), number, []
+            elif line.startswith("#"):
+                heading = line.strip("# \n")
+        elif line.startswith("```"):
+            page = str(path.relative_to(ROOT))
+            blocks.append(Block(page, first, heading, lang, "".join(body)))
+            fence = None
+        else:
+            body.append(line)
+    assert fence is None, f"{path}: a code block opened at line {first} is never closed"
+    return blocks
+
+
+BLOCKS = [block for page in PAGES for block in code_blocks(page)]
+PYTHON = [block for block in BLOCKS if block.lang == "python"]
+
+
+def shell_commands(blocks: list[Block]) -> dict[str, str]:
+    """Each command of the shell blocks -> where it first appears: continuations joined,
+    comments and prompts dropped, every distinct command once across all pages."""
+    commands: dict[str, str] = {}
+    for block in blocks:
+        if block.lang not in SHELL_BLOCKS:
             continue
-        joined = re.sub(r"\\\n\s*", " ", body)
+        joined = re.sub(r"\\\n\s*", " ", block.body)
         for line in joined.splitlines():
             line = re.sub(r"(^|\s)#.*$", "", line).strip()
             line = line[2:] if line.startswith("$ ") else line
             if line:
-                commands.append(" ".join(line.split()))
-    return list(dict.fromkeys(commands))  # each distinct command once
+                commands.setdefault(" ".join(line.split()), block.where)
+    return commands
 
 
 def why_slow(command: str) -> str | None:
@@ -84,25 +135,104 @@ def why_slow(command: str) -> str | None:
     return next((reason for pattern, reason in SLOW if re.search(pattern, command)), None)
 
 
+def why_slow_python(block: Block) -> str | None:
+    """The reason a Python block does not run in the tests, None when it runs."""
+    return next((reason for pattern, reason in PY_SLOW if re.search(pattern, block.body)), None)
+
+
 def inline_commands(text: str) -> list[str]:
     """Commands quoted inline in the prose (`vgg-flax ...`, `tensorboard ...`, ...) with
     arguments; their placeholders (DIR, NAME, ...) make them examples: they are parsed only."""
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    program = r"^(\.venv/bin/)?(python3? (-m \S+|\S+\.py)|vgg-flax|tensorboard|make)\s+\S"
+    program = r"(\.venv/bin/)?(python3? (-m \S+|\S+\.py)|vgg-flax \S+|tensorboard|make|pip \S+)"
     spans = re.findall(r"`([^`\n]+)`", prose)
-    found = [span for span in spans if re.match(program, span) and len(span.split()) > 2]
+    found = [span for span in spans if re.fullmatch(program + r"\s+\S.*", span)]
     return list(dict.fromkeys(found))
 
 
-COMMANDS = readme_commands(README.read_text())
+SOURCES = shell_commands(BLOCKS)
+COMMANDS = list(SOURCES)
 QUICK = [c for c in COMMANDS if why_slow(c) is None]
 LISTED = [c for c in COMMANDS if why_slow(c) is not None]
-INLINE = inline_commands(README.read_text())
+INLINE = [c for page in PAGES for c in inline_commands(page.read_text()) if c not in SOURCES]
+INLINE = list(dict.fromkeys(INLINE))
+RUN_PY = [b for b in PYTHON if why_slow_python(b) is None]
+COMPILE_PY = [b for b in PYTHON if why_slow_python(b) is not None]
 
 
-def test_readme_has_commands_of_both_kinds():
+def check_readme_model(ns: dict) -> None:
+    assert ns["logits"].shape == (2, 10)
+    assert set(ns["feats"]) == {"relu4_2", "pool5"}
+    assert ns["feats"]["pool5"].shape == (2, 1, 1, 64)
+
+
+def check_models_page(ns: dict) -> None:
+    assert ns["logits"].shape == (1, 1000)
+    assert ns["scores"].shape == (1, 1000)
+    assert ns["score_map"].shape == (1, 6, 10, 1000)
+    assert set(ns["feats"]) == {"relu4_2", "pool5"}
+    assert set(ns["both"]) == {"fc7", "logits"}
+    assert [s.shape[1:] for s in ns["stages"]] == [
+        (224, 224, 64),
+        (112, 112, 128),
+        (56, 56, 256),
+        (28, 28, 512),
+        (14, 14, 512),
+    ]
+    assert ns["tiny_logits"].shape == (2, 10)
+    assert ns["tiny_variables"]["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 8)
+    assert ns["spec"]["width"] == 0.125 and ns["spec"]["head_width"] == 32
+
+
+def check_digits_data(ns: dict) -> None:
+    assert ns["batch"]["image"].shape == (32, 32, 32, 3)
+    assert ns["batch"]["label"].shape == (32,)
+    assert ns["test"]["image"].shape == (120, 32, 32, 3) and "mask" in ns["test"]
+
+
+# (page, heading) -> assertions on the namespace a run block leaves; every entry must match a
+# block that runs (test_checks_match_blocks).
+CHECKS = {
+    ("README.md", "Build a model and run it"): check_readme_model,
+    ("docs/models.md", "Build a model and run it"): check_models_page,
+    ("docs/data.md", "Data"): check_digits_data,
+}
+
+
+def test_pages_have_blocks_of_every_kind():
     assert "make demo" in COMMANDS and "make test" in COMMANDS
-    assert QUICK and LISTED
+    assert QUICK and LISTED and RUN_PY and COMPILE_PY
+    assert {block.page for block in BLOCKS} >= {"README.md", "docs/models.md", "docs/data.md"}
+
+
+def test_blocks_have_known_languages():
+    known = (*SHELL_BLOCKS, "python", *OUTPUT_BLOCKS)
+    unknown = [f"{b.where}: ```{b.lang}" for b in BLOCKS if b.lang not in known]
+    assert not unknown, "add the language to this test, or use one it knows:\n" + "\n".join(unknown)
+
+
+def test_checks_match_blocks():
+    runs = [(b.page, b.heading) for b in RUN_PY]
+    for key in CHECKS:
+        assert runs.count(key) == 1, f"CHECKS names {key}, which is not exactly one run block"
+
+
+def test_links_resolve():
+    """Relative links of README.md and docs/*.md name files of the repository."""
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_lists_every_page():
+    text = README.read_text()
+    missing = [p.name for p in PAGES[1:] if f"(docs/{p.name})" not in text]
+    assert not missing, f"README.md's documentation table lacks {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +254,7 @@ def checkout(tmp_path_factory, digits_run) -> pathlib.Path:
 
 @pytest.mark.parametrize("command", QUICK)
 def test_quick_command_runs(command, checkout):
+    """Every quick command exits 0 (its page: SOURCES[command])."""
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -139,7 +270,57 @@ def test_quick_command_runs(command, checkout):
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{SOURCES[command]}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    )
+
+
+@pytest.mark.parametrize("block", RUN_PY, ids=lambda b: b.where)
+def test_python_block_runs(block, checkout, monkeypatch):
+    monkeypatch.chdir(checkout)
+    monkeypatch.setenv("VGG_FLAX_CACHE", str(checkout / "cache"))
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(block.body, block.where, "exec"), namespace)
+    check = CHECKS.get((block.page, block.heading))
+    if check is not None:
+        check(namespace)
+
+
+@pytest.mark.parametrize(
+    "block", COMPILE_PY, ids=lambda b: f"{b.where} ({why_slow_python(b).split(' (')[0]})"
+)
+def test_slow_python_compiles(block):
+    """A block that cannot run still compiles, and what it imports and names exists."""
+    tree = compile(block.body, block.where, "exec", ast.PyCF_ONLY_AST)
+    modules = {"vgg_flax": "vgg_flax"}  # names bound to modules -> the modules' names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+                top = alias.name.split(".")[0]
+                modules[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                if is_module(name):
+                    modules[alias.asname or alias.name] = name
+                else:
+                    assert hasattr(module, alias.name), f"{block.where}: {name} does not exist"
+    for node in ast.walk(tree):  # vgg_flax.NAME, data.NAME, ...: attributes of modules used
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            module_name = modules.get(node.value.id)
+            if module_name is not None:
+                module = importlib.import_module(module_name)
+                assert hasattr(module, node.attr), f"{block.where}: {module_name}.{node.attr}?"
+
+
+def is_module(name: str) -> bool:
+    """Whether `name` names an importable module (`a.b` where a.b is a submodule, not a name)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent is a module, not a package
+        return False
 
 
 @pytest.mark.parametrize("command", LISTED + INLINE)
@@ -158,6 +339,10 @@ def test_slow_command_parses(command):
             [sys.executable, argv[1], "--help"], cwd=ROOT, capture_output=True, text=True
         )
         assert done.returncode == 0, f"{command}: --help failed: {done.stderr[-1000:]}"
+    elif program.startswith("python") and argv[1:3] == ["-m", "pytest"]:
+        paths = [arg.split("::")[0] for arg in argv[3:] if not arg.startswith("-")]
+        missing = [path for path in paths if not (ROOT / path).exists()]
+        assert paths and not missing, f"{command}: no test file {missing}"
     elif program.startswith("python") and argv[1] == "-m":
         module = importlib.import_module(argv[2])
         if hasattr(module, "build_parser"):
@@ -186,7 +371,7 @@ def parse(command: str, build_parser, args: list[str]) -> None:
         build_parser().parse_args(args)
     except SystemExit as stop:  # --version and --help exit 0
         if stop.code not in (0, None):
-            pytest.fail(f"the README's `{command}` does not parse (exit {stop.code})")
+            pytest.fail(f"the docs' `{command}` does not parse (exit {stop.code})")
 
 
 def check_absl_flags(command: str, module: str, args: list[str]) -> None:

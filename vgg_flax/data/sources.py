@@ -107,7 +107,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
         if not found:
             raise ValueError(
                 f"imagenet2012 is prepared from the official tars: put {' and '.join(tars)} in "
-                f"a folder and pass it as manual_dir (README.md, section Data)"
+                f"a folder and pass it as manual_dir (docs/data.md)"
             )
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():  # offline: one clear line now, not minutes of retries
@@ -123,7 +123,7 @@ def tfds_source(name: str, *, data_dir: str | None = None, manual_dir: str | Non
         if manual_dir is None:
             raise ValueError(
                 f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Prepare it first "
-                f"(README.md, section Data), or set manual_dir to the folder holding its manual "
+                f"(docs/data.md), or set manual_dir to the folder holding its manual "
                 f"files (for imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)."
             )
         prepare(name, data_dir=data_dir, manual_dir=manual_dir)

@@ -2,7 +2,7 @@
 
 Read top to bottom, in the order of its headed sections: set up (hosts, mesh), input, model and
 optimiser, initial state, checkpoints (resume), steps, evaluation, loop, end of run. The config
-fields are those of `experiments/configs/digits.py` (see README.md, "Training").
+fields are those of `experiments/configs/digits.py` (see docs/training.md).
 """
 
 from __future__ import annotations
