@@ -24,16 +24,19 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file (python experiments/reproduce_tables.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "experiments"  # PEP 366: the relative imports below work as under -m
 
 # Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
 import numpy as np  # noqa: E402
 
-from experiments import paper_results  # noqa: E402
-from experiments.evaluate import add_dataset_options, data_options  # noqa: E402
 from vgg_flax import preprocessing
 from vgg_flax.cli import HelpFormatter  # noqa: E402
 from vgg_flax.models import arch  # noqa: E402
 from vgg_flax.weights.atomic import atomic_write  # noqa: E402
+
+# Relative: this package is `experiments` in a checkout and `vgg_flax.experiments` installed.
+from . import paper_results  # noqa: E402
+from .evaluate import add_dataset_options, data_options  # noqa: E402
 
 Scale = int | tuple[int, int]
 Posteriors = dict[int, tuple[int, np.ndarray]]

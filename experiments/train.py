@@ -1,8 +1,11 @@
-"""Train one experiment config: `python -m experiments.train --config CONFIG.py --workdir DIR`.
+"""Train one experiment config: `python -m experiments.train --config CONFIG --workdir DIR`.
 
-Any field can be overridden on the command line (`--config.batch_size=64`,
-`--config.optim.learning_rate=0.05`); `--config CONFIG.py:local` selects its local mode. A run
-resumes from DIR's latest checkpoint when restarted with the same DIR.
+The same from any folder: `vgg-flax train --config CONFIG --workdir DIR`. CONFIG is a config
+file (`experiments/configs/digits.py`) or the name of a shipped one (`digits`, `a_256`: the files
+of experiments/configs/); `CONFIG:local` selects its local mode (a two-step smoke run). Any field
+can be overridden on the command line (`--config.batch_size=64`,
+`--config.optim.learning_rate=0.05`). A run resumes from DIR's latest checkpoint when restarted
+with the same DIR.
 """
 
 from __future__ import annotations
@@ -10,15 +13,71 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline only): quiet
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "experiment config file (e.g. digits.py)")
-flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, plot, final model")
-flags.mark_flags_as_required(["config", "workdir"])
+# The shipped configs: beside this file, in a checkout (experiments/configs/) and installed
+# (vgg_flax/experiments/configs/, pyproject.toml's package-dir), so a name works from any folder.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+HELP_FLAGS = ("-h", "--help", "--helpshort")
+
+
+def shipped_configs() -> list[str]:
+    """The names `--config` accepts besides file paths (a_256, ..., digits)."""
+    return sorted(path.stem for path in CONFIGS.glob("*.py") if path.stem != "__init__")
+
+
+def resolve_config(spec: str) -> str:
+    """`--config`'s value as a file path: a file as given, else a shipped config's file.
+
+    The `:mode` suffix (`digits:local`) is kept; ml_collections splits it off the same way."""
+    path, colon, mode = spec.partition(":")
+    if os.path.isfile(path):
+        return spec
+    if path in shipped_configs():
+        return f"{CONFIGS / path}.py{colon}{mode}"
+    raise ValueError(
+        f"config {path!r} is neither a file nor a shipped config; give a config file's path or "
+        f"one of {', '.join(shipped_configs())}"
+    )
+
+
+def define_flags() -> flags.FlagValues:
+    """This script's absl flags, in a flag set of their own.
+
+    Not absl's global FLAGS: a process that imports this module twice (as `experiments.train`
+    and as `vgg_flax.experiments.train`) or runs it twice would define them twice."""
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file or shipped config name (e.g. digits)", flag_values=values
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "run directory: checkpoints, metrics, plot, final model",
+        flag_values=values,
+    )
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
+    return values
+
+
+def with_config_resolved(argv: Sequence[str]) -> list[str]:
+    """`argv` with `--config`'s value made a file path (`resolve_config`); the rest unchanged."""
+    resolved, tokens = [], iter(argv)
+    for arg in tokens:
+        if arg == "--config":
+            value = next(tokens, None)
+            resolved += [arg] if value is None else [arg, resolve_config(value)]
+        elif arg.startswith("--config="):
+            resolved.append("--config=" + resolve_config(arg.removeprefix("--config=")))
+        else:
+            resolved.append(arg)
+    return resolved
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -42,26 +101,43 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    """Run the trainer on the parsed config and print its summary."""
-    del argv
+def print_help(values: flags.FlagValues) -> None:
+    """The usage and this script's flags (absl's --help would exit with status 1)."""
+    print(__doc__)
+    print("flags:")
+    for name in ("config", "workdir"):
+        print(f"  --{name}: {values[name].help}")
+    print("  --config.FIELD=VALUE: override a field of the config (repeatable)")
+    print("shipped configs:", ", ".join(shipped_configs()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train as `argv` (the flags, without the program's name) says; print the run's summary.
+
+    Bad flags (a missing --config, an unknown config field) exit 2 with absl's message."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    values = define_flags()
+    if any(arg in HELP_FLAGS for arg in argv):
+        print_help(values)
+        return 0
+    try:
+        values(["train", *with_config_resolved(argv)])
+    except (flags.Error, ValueError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    except AttributeError as error:  # ml_collections' answer to an override of a missing field
+        cause = error.args[0] if error.args else error  # a KeyError with a did-you-mean
+        detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        print(f"train: error: a --config.FIELD override: no field {detail}", file=sys.stderr)
+        return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from vgg_flax.train.trainer import train
 
-    summary = train(flags.FLAGS.config, flags.FLAGS.workdir)
+    summary = train(values.config, values.workdir)
     print("\n".join(summary_lines(summary)))
     print(json.dumps(summary["eval"]))
     return 0
 
 
-def print_help() -> None:
-    """The usage and this script's flags (absl's --help would exit with status 1)."""
-    print(__doc__)
-    print(flags.FLAGS.main_module_help())
-
-
 if __name__ == "__main__":
-    if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
-        print_help()
-        sys.exit(0)
-    app.run(main)
+    sys.exit(main())

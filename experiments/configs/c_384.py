@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import common
-from vgg_flax.train import recipe
+from vgg_flax.train import base_config, recipe
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     """The C, S=384 config; mode "local" is a two-step run on the digits."""
-    config = common.paper_config(
+    config = base_config.paper_config(
         "C",
         scale=384,
         learning_rate=recipe.FINETUNE_LEARNING_RATE,
         init_from="runs/c_256/model",
     )
-    return common.get(config, mode)
+    return base_config.get(config, mode)

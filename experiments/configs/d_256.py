@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import common
+from vgg_flax.train import base_config
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     """The D, S=256 config; mode "local" is a two-step run on the digits."""
-    return common.get(common.paper_config("D", init_from="runs/a_256/model"), mode)
+    return base_config.get(base_config.paper_config("D", init_from="runs/a_256/model"), mode)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import common
+from vgg_flax.train import base_config
 
 
 def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     """The demo config; mode "local" is a two-step run."""
-    config = common.paper_config("A")
+    config = base_config.paper_config("A")
     # Unit-scale inputs (torchvision's normalisation) instead of 0-255 minus the mean.
     config.data = ml_collections.ConfigDict({"source": "digits", "normalize": "torchvision"})
     config.batch_norm = True
@@ -33,4 +33,4 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config.optim.schedule = "step"
     config.optim.step_epochs = 2
     config.checkpoint.every_steps = 100
-    return common.get(config, mode)
+    return base_config.get(config, mode)

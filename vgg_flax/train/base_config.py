@@ -1,7 +1,10 @@
 """The shared base of every experiment config: the paper's recipe (section 3.1) as defaults.
 
-Each Table 3 config calls `paper_config(...)` with what its row changes; `local(config)` turns
-any of them into a seconds-long smoke run on the embedded digits (tiny batch, two steps).
+Each config of experiments/configs/ (one per row of Table 3, and the digits demo) calls
+`paper_config(...)` with what its row changes; `local(config)` turns any of them into a
+seconds-long smoke run on the embedded digits (tiny batch, two steps). It lives in the package,
+not beside the configs, so that a config file loads by its path from any folder (ml_collections
+loads it as a lone module: it can only import installed packages).
 """
 
 from __future__ import annotations
