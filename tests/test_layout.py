@@ -1,5 +1,6 @@
-"""docs/development.md's "Layout" section names every module of the package and every experiments script,
-and every package it names exists: a module added or moved shows up here until the docs say so.
+"""The "Layout" section of docs/development.md names every module of the package and every
+experiments script, and every package it names exists: a module added or moved shows up here
+until the docs say so.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ def test_layout_names_every_module():
     ]
     for package in packages:
         key = package.relative_to(ROOT).as_posix() + "/"
-        assert key in bullets, f"the Layout of docs/development.md has no bullet for {key}"
+        assert key in bullets, f"Layout (docs) has no bullet for {key}"
         named = set(re.findall(r"`([\w.]+)`", bullets[key]))
         missing = [m.stem for m in package.glob("*.py") if m.stem not in named]
         missing = [m for m in missing if m != "__init__" or package.name == "vgg_flax"]
-        assert not missing, f"the Layout of docs/development.md does not name {key}: {', '.join(sorted(missing))}"
+        assert not missing, f"Layout (docs) does not name {key}: {', '.join(sorted(missing))}"
     scripts = {p.name for p in (ROOT / "experiments").glob("*.py")} - {"__init__.py"}
     named = set(re.findall(r"`([\w.]+)`", bullets["experiments/"]))
-    assert scripts <= named, f"the Layout of docs/development.md does not name experiments/ {scripts - named}"
+    assert scripts <= named, f"Layout (docs) does not name experiments/ {scripts - named}"
 
 
 def test_layout_names_only_what_exists():
     for key in layout_bullets():
-        assert (ROOT / key).exists(), f"the Layout of docs/development.md names {key}, which does not exist"
+        assert (ROOT / key).exists(), f"Layout (docs) names {key}, which does not exist"
