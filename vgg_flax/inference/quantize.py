@@ -288,3 +288,26 @@ def stored_bytes(variables: Mapping[str, Any]) -> int:
 def layers_quantized(variables: Mapping[str, Any]) -> Sequence[str]:
     """The layers whose kernels are int8 in quantised variables."""
     return [n for n, leaves in variables["params"].items() if "kernel_scale" in leaves]
+
+
+def quantized_network(
+    path: str | os.PathLike,
+    arch: str | None,
+    input_size: int | None,
+    mode: str,
+    folder: str | None,
+    preprocessing: str,
+) -> Any:
+    """`vgg_flax.evaluate.runner.load_network`'s scorer of a checkpoint, quantised first."""
+    from vgg_flax.evaluate.protocols import scorer
+    from vgg_flax.preprocessing import CROP_SIZE, PRESETS
+    from vgg_flax.weights.loading import load, recorded_metadata
+
+    if mode in CALIBRATED and preprocessing not in PRESETS:
+        raise ValueError(
+            f"calibration images cannot be read with the {preprocessing!r} normalisation; pass "
+            f"--normalize with one of {', '.join(PRESETS)}"
+        )
+    size = input_size or recorded_metadata(path).get("input_size") or CROP_SIZE
+    model, variables = load(path, arch, head="keep")
+    return scorer(*quantize_source(model, variables, mode, folder, preprocessing, size), size)
