@@ -108,7 +108,7 @@ def run_export(
     from vgg_flax.inference import onnx
 
     if args.format == "onnx":
-        onnx.check_options(mode, classify_size, None, args.out)
+        onnx.check_options(mode, classify_size, None, args.out, args.quantize)
     else:
         onnx.check_options("classify", size)  # the same least size (32) as every export
         check_output(args.out, new=args.format == "savedmodel")

@@ -51,8 +51,20 @@ def check_options(
     image_size: int | Sequence[int] | None,
     trained_pool5: int | None = None,
     path: str | os.PathLike | None = None,
+    quantize: str | None = None,
 ) -> None:
-    """Refuse, before any work, options `to_onnx` cannot honour (with the fix in the message)."""
+    """Refuse, before any work, options `to_onnx` cannot honour (with the fix in the message).
+
+    `quantize`: the model's `vgg_flax.inference.quantize` mode, if any.
+    """
+    if quantize == "int8":
+        # jax2onnx lowers an int8 x int8 convolution to ONNX Conv on int32, which ONNX does not
+        # define (it has ConvInteger for that), so onnxruntime refuses the file.
+        raise ValueError(
+            "ONNX export of --quantize int8 (int8 activations) is not supported: jax2onnx "
+            "writes its int8 convolutions as Conv on int32, which ONNX does not define; use "
+            "--format stablehlo for int8, or --quantize int8-weights for ONNX"
+        )
     if mode not in MODES:
         raise ValueError(f"unknown ONNX mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "classify":
@@ -157,9 +169,12 @@ def to_onnx(
     import jax.numpy as jnp
     import onnx
 
+    from vgg_flax.inference.quantize import QuantizedModel
+
     if mode == "classify" and image_size is None:
         image_size = arch.MIN_DENSE_SIZE
-    check_options(mode, image_size, trained_pool5, path)  # before the work
+    quantize = model.mode if isinstance(model, QuantizedModel) else None
+    check_options(mode, image_size, trained_pool5, path, quantize)  # before the work
     jax2onnx = _quiet_jax2onnx()
     traced = _traceable(model)
     weights = jax.tree.map(jnp.asarray, variables)
