@@ -104,7 +104,7 @@ def run_export(
     if args.format != "onnx" and (args.mode is not None or not isinstance(size, int)):
         raise ValueError("--mode and an HxW --image-size are for --format onnx")
     mode = args.mode or "classify"
-    classify_size = size if mode == "classify" else None
+    classify_size = size if mode == "classify" else args.image_size  # dense: refused if given
     from vgg_flax.inference import onnx
 
     if args.format == "onnx":
