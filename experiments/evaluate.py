@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a file (python experiments/evaluate.py):
 # Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
 from vgg_flax import preprocessing  # noqa: E402
 from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli.deploy import add_quantize_options, check_quantize_options  # noqa: E402
 from vgg_flax.evaluate.protocols import PROTOCOLS  # noqa: E402
 from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--align", type=int, default=32, help="pad sides to multiples of this (fewer shapes)"
     )
     parser.add_argument("--output", default=None, help="JSON result file")
+    add_quantize_options(parser)
     return parser
 
 
@@ -214,10 +216,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     initialize_distributed()
     if args.output:  # refused now, not after the whole evaluation
         check_output(args.output)
+    check_quantize_options(args)
     size = input_size(args.checkpoint, args.input_size)
     scales = chosen_scales(args.checkpoint, args.scales, size)
     data_config = data.default_config(**data_options(args))
-    scorers = [runner.load_network(path, args.arch, size) for path in args.checkpoint]
+    if args.quantize:  # vgg_flax.inference.quantize
+        from vgg_flax.inference.quantize import quantized_network
+
+        quantize = (args.quantize, args.calibrate, data_config["normalize"])
+        scorers = [quantized_network(p, args.arch, size, *quantize) for p in args.checkpoint]
+    else:
+        scorers = [runner.load_network(path, args.arch, size) for path in args.checkpoint]
     result = runner.evaluate_dataset(
         scorers,
         data_config,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from vgg_flax.cli import add_subcommand
+from vgg_flax.cli import add_subcommand, deploy
 
-FORMATS = ("stablehlo", "savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")  # onnx: vgg_flax.cli.deploy
 PLATFORMS = (
     "cpu,cuda,tpu"  # vgg_flax.inference.export.DEFAULT_PLATFORMS (tested), without importing JAX
 )
@@ -26,19 +26,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "source", help="vgg-flax checkpoint directory, torchvision .pth, Keras .h5 or .caffemodel"
     )
-    parser.add_argument("out", help="output file (stablehlo) or new folder (savedmodel)")
+    parser.add_argument("out", help="output file (stablehlo, onnx) or new folder (savedmodel)")
     parser.add_argument(
         "--format",
         choices=FORMATS,
         default="stablehlo",
-        help="serialised jax.export (a file) or a TensorFlow SavedModel (a folder)",
+        help="serialised jax.export (a file), a TensorFlow SavedModel (a folder) or ONNX (a file)",
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=deploy.image_size,
         default=None,
-        help="input side (default: the checkpoint's recorded input size, else 224)",
+        help="input side, or HxW for --format onnx (default: the checkpoint's recorded input "
+        "size, else 224)",
     )
+    deploy.add_onnx_options(parser)
     parser.add_argument(
         "--platforms",
         default=PLATFORMS,
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     image_size = args.image_size or loader.recorded_metadata(args.source).get("input_size", 224)
+    if deploy.needs_deploy_export(args, image_size):  # ONNX, quantised, HxW
+        return deploy.run_export(args, image_size, platforms)
     model, variables = loader.load(args.source)
     if args.format == "stablehlo":
         export.export_stablehlo(

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from vgg_flax.cli import add_subcommand
+from vgg_flax.cli import add_subcommand, deploy
 from vgg_flax.evaluate.protocols import PROTOCOLS
 from vgg_flax.models.arch import TORCHVISION_ARCHS
 from vgg_flax.preprocessing import CROP_SIZE, PRESETS, TORCHVISION_RESIZE
@@ -62,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top", type=int, default=5, help="classes shown per image")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    deploy.add_quantize_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     files = image_files(args.images)  # before seconds of loading weights
+    deploy.check_quantize_options(args)
     model, variables, recorded, metadata = load_weights(args.weights, args.arch)
     preset = args.preprocessing or recorded or "torchvision"
     if args.preprocessing and recorded and args.preprocessing != recorded:
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if "fc8" not in variables["params"]:
         raise ValueError(f"{args.weights} has no classifier (features only): nothing to predict")
+    input_size = metadata.get("input_size") or CROP_SIZE
+    model, variables = deploy.quantized(args, model, variables, preset, input_size)
     predictions = predict(
         files,
         model,
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         scales=args.scales,
         flips=not args.no_flips,
         batch_size=args.batch_size,
-        input_size=metadata.get("input_size") or CROP_SIZE,
+        input_size=input_size,
     )
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))

@@ -110,3 +110,11 @@ def export_savedmodel(
     signature = module.serve.get_concrete_function()
     tf.saved_model.save(module, path, signatures={"serving_default": signature})
     return path
+
+
+def to_onnx(model: Any, variables: Mapping[str, Any], path: str | None = None, **options: Any):
+    """An ONNX model of `model`'s forward pass: `vgg_flax.inference.onnx.to_onnx` (see there;
+    needs the `deploy` extra: jax2onnx, onnx)."""
+    from vgg_flax.inference import onnx
+
+    return onnx.to_onnx(model, variables, path, **options)

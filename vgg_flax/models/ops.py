@@ -245,7 +245,7 @@ def _windows(x: jax.Array) -> jax.Array:
 
 def plain_max_pool(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2 by `lax.reduce_window` (odd edges dropped, as PyTorch)."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 def _cpu_max_pool(x: jax.Array) -> jax.Array:
@@ -295,7 +295,7 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 average pooling with stride 2 (odd edges dropped), as style-transfer VGGs use."""
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 def pool_2x2(x: jax.Array, pooling: str, kernels: str = "auto") -> jax.Array:
