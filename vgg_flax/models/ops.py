@@ -5,16 +5,23 @@ than the same contraction as one matrix product, forward and backward; the kerne
 3x3 convolution as autodiff builds it is several times slower than im2col products taken one
 output row at a time; the backward of `reduce_window` max pooling (select-and-scatter) is ~7x
 slower than routing the gradient through an explicit 2x2 mask; and a convolution on a map with a
-side of 1 or 2 (conv5 of a 32x32 input) is ~80x slower than its im2col product. Each op here is
-a `custom_vjp` whose forward and backward pick, with `lax.platform_dependent`, the CPU
-formulation on CPUs and the standard `lax` op on every other platform (a program lowered for a
-GPU or TPU holds only the standard ops). Both compute the same sums; `max_pool_2x2` sends each
-window's gradient to its first maximum on every platform, as PyTorch does. `KERNELS = ("auto",
-"lax")`: "lax" uses the standard ops everywhere.
+side of 1 or 2 (conv5 of a 32x32 input) is ~80x slower than its im2col product. Each op here
+picks, with `lax.platform_dependent`, the CPU formulation on CPUs and the standard `lax` op on
+every other platform (a program lowered for a GPU or TPU holds only the standard ops), in its
+forward pass, its tangents and its backward pass. Both compute the same sums; `max_pool_2x2`
+sends each window's gradient (and takes each window's tangent) from its first maximum on every
+platform, as PyTorch does. `KERNELS = ("auto", "lax")`: "lax" uses the standard ops everywhere.
+
+Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`, Hessian-vector products) works
+through every op with either choice and equals "lax"'s within float32 rounding. Each op is a
+`custom_jvp` whose tangent is a `linear_op` primitive: forward mode evaluates (or batches) the
+tangent formula, and reverse mode, which transposes it, runs the fast backward itself, so
+`jax.grad` compiles to the same program a `custom_vjp` gave (which had no forward mode).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -22,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from vgg_flax.models.layers import adaptive_avg_pool, fold_adaptive_pool
 
@@ -32,6 +41,55 @@ def check_kernels(kernels: str) -> None:
     """Refuse an unknown kernel choice with the known ones."""
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+
+
+# --- Linear maps with a chosen transpose ------------------------------------------------------
+
+
+def linear_op(name: str, apply: Callable, transpose: Callable, num_residuals: int) -> Callable:
+    """`apply(*residuals, *linear, **params)`, linear in the arguments after the first
+    `num_residuals`, as a JAX primitive whose transpose is `transpose(*residuals, ct, **params)`
+    (a tuple: the cotangent of each linear argument).
+
+    An op's custom_jvp rule returns this of its tangents: forward mode evaluates `apply` (and
+    batches or differentiates it again as any function), reverse mode transposes the tangent
+    map and so runs `transpose`, the fast backward. (A `custom_vjp` has no forward mode, and
+    autodiff's transpose of a plain formula is the slow backward.) Cotangents of linear
+    arguments the caller does not need are dropped, and compiled programs drop their work.
+    """
+    primitive = Primitive(name)
+    primitive.def_impl(apply)
+
+    def abstract(*avals, **params):
+        out = jax.eval_shape(partial(apply, **params), *avals)
+        return jax.core.ShapedArray(out.shape, out.dtype)
+
+    def jvp(primals, tangents, **params):
+        tangents = [ad.instantiate_zeros(t) for t in tangents]
+        return jax.jvp(partial(apply, **params), tuple(primals), tuple(tangents))
+
+    def transposed(ct, *args, **params):
+        residuals, linear = args[:num_residuals], args[num_residuals:]
+        if type(ct) is ad.Zero:
+            return [None] * len(args)
+        cts = transpose(*residuals, ct, **params)
+        return [None] * num_residuals + [
+            c if ad.is_undefined_primal(a) else None for a, c in zip(linear, cts, strict=True)
+        ]
+
+    def batched(args, dims, **params):
+        return jax.vmap(partial(apply, **params), in_axes=tuple(dims))(*args), 0
+
+    primitive.def_abstract_eval(abstract)
+    mlir.register_lowering(primitive, mlir.lower_fun(apply, multiple_results=False))
+    ad.primitive_jvps[primitive] = jvp
+    ad.primitive_transposes[primitive] = transposed
+    batching.primitive_batchers[primitive] = batched
+    return primitive.bind
+
+
+def _is_zero(tangent: Any) -> bool:
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
 
 
 # --- Convolution ------------------------------------------------------------------------------
@@ -154,9 +212,49 @@ def _plain_conv_vjp(x, kernel, g, padding, precision):
     return jax.vjp(lambda a, b: plain_conv(a, b, padding, precision), x, kernel)[1](g)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bilinear_tangent(conv, x, kernel, *tangents, padding, precision, wrt):
+    # The convolution is bilinear: its tangent is the same convolution of each tangent. A
+    # symbolically zero tangent (an input that is data, not a variable) adds no term: half the
+    # work of a jvp in the input alone, and jit(jacfwd) of VGG-A with avg pooling returned
+    # garbage (~1e23) when the zero-kernel term was computed, correct with YNNPACK off
+    # (--xla_cpu_experimental_ynn_fusion_type=), an XLA:CPU fusion fault (JAX 0.10.2).
+    terms = dict(zip(wrt, tangents, strict=True))
+    out = conv(terms["x"], kernel, padding, precision) if "x" in terms else 0
+    return out + conv(x, terms["kernel"], padding, precision) if "kernel" in terms else out
+
+
+def _conv_tangent_apply(x, kernel, *tangents, padding, precision, wrt):
+    options = dict(padding=padding, precision=precision, wrt=wrt)
+    return lax.platform_dependent(
+        x,
+        kernel,
+        *tangents,
+        cpu=partial(_bilinear_tangent, _cpu_conv, **options),
+        default=partial(_bilinear_tangent, plain_conv, **options),
+    )
+
+
+def _conv_tangent_transpose(x, kernel, g, *, padding, precision, wrt):
+    # Both cotangents, as the CPU backward forms them together; a compiled program drops the
+    # one not asked for.
+    dx, dkernel = lax.platform_dependent(
+        x,
+        kernel,
+        g,
+        cpu=partial(_cpu_conv_vjp, padding=padding, precision=precision),
+        default=partial(_plain_conv_vjp, padding=padding, precision=precision),
+    )
+    return tuple({"x": dx, "kernel": dkernel}[name] for name in wrt)
+
+
+_conv_tangent = linear_op(
+    "vgg_conv2d_tangent", _conv_tangent_apply, _conv_tangent_transpose, num_residuals=2
+)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = None) -> jax.Array:
-    """`plain_conv`, computed by the CPU formulation on CPUs (forward and backward)."""
+    """`plain_conv`, computed by the CPU formulation on CPUs (forward, tangents and backward)."""
     return lax.platform_dependent(
         x,
         kernel,
@@ -165,22 +263,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: Any = None)
     )
 
 
-def _conv2d_fwd(x, kernel, padding, precision):
-    return conv2d(x, kernel, padding, precision), (x, kernel)
+def _conv2d_jvp(padding, precision, primals, tangents):
+    x, kernel = primals
+    present = [
+        (name, t) for name, t in zip(("x", "kernel"), tangents, strict=True) if not _is_zero(t)
+    ]
+    wrt, given = tuple(name for name, _ in present), [t for _, t in present]
+    y = conv2d(x, kernel, padding, precision)
+    dy = _conv_tangent(x, kernel, *given, padding=padding, precision=precision, wrt=wrt)
+    return y, dy
 
 
-def _conv2d_bwd(padding, precision, residuals, g):
-    x, kernel = residuals
-    return lax.platform_dependent(
-        x,
-        kernel,
-        g,
-        cpu=partial(_cpu_conv_vjp, padding=padding, precision=precision),
-        default=partial(_plain_conv_vjp, padding=padding, precision=precision),
-    )
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv2d.defjvp(_conv2d_jvp, symbolic_zeros=True)
 
 
 class Conv(nn.Module):
@@ -252,45 +346,75 @@ def _cpu_max_pool(x: jax.Array) -> jax.Array:
     return jnp.max(_windows(x), axis=(2, 4))
 
 
-def _cpu_max_pool_vjp(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
-    n, height, width, c = x.shape
+def _first_maxima(x: jax.Array, y: jax.Array) -> list[tuple[int, int, jax.Array]]:
+    # Each window's first maximum in row-major window order (ties split nothing, as PyTorch):
+    # (i, j, mask over the output) for the window's four positions, one True per window.
     hit = _windows(x) == y[:, :, None, :, None]
-    # Only the first maximum in row-major window order gets the gradient (ties split nothing).
     taken = jnp.zeros_like(hit[:, :, 0, :, 0])
-    rows = []
+    firsts = []
     for i in range(2):
-        cols = []
         for j in range(2):
             first = hit[:, :, i, :, j] & ~taken
             taken = taken | first
-            cols.append(jnp.where(first, g, jnp.zeros_like(g)))
-        rows.append(jnp.stack(cols, axis=3))
+            firsts.append((i, j, first))
+    return firsts
+
+
+def _cpu_max_pool_vjp(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
+    n, height, width, c = x.shape
+    parts = [jnp.where(first, g, jnp.zeros_like(g)) for _, _, first in _first_maxima(x, y)]
+    rows = [jnp.stack(parts[2 * i : 2 * i + 2], axis=3) for i in range(2)]
     gx = jnp.stack(rows, axis=2).reshape(n, height // 2 * 2, width // 2 * 2, c)
     pad = ((0, 0), (0, height - gx.shape[1]), (0, width - gx.shape[2]), (0, 0))
     return jnp.pad(gx, pad)
+
+
+def _cpu_max_pool_tangent(x: jax.Array, y: jax.Array, dx: jax.Array) -> jax.Array:
+    # The transpose of `_cpu_max_pool_vjp`: each window's tangent at its first maximum.
+    windows = _windows(dx)
+    out = jnp.zeros_like(y)
+    for i, j, first in _first_maxima(x, y):
+        out = jnp.where(first, windows[:, :, i, :, j], out)
+    return out
 
 
 def _plain_max_pool_vjp(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
     return jax.vjp(plain_max_pool, x)[1](g)[0]
 
 
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """`plain_max_pool`, computed by the CPU formulation on CPUs (forward and backward)."""
-    return lax.platform_dependent(x, cpu=_cpu_max_pool, default=plain_max_pool)
+def _plain_max_pool_tangent(x: jax.Array, y: jax.Array, dx: jax.Array) -> jax.Array:
+    return jax.jvp(plain_max_pool, (x,), (dx,))[1]
 
 
-def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = max_pool_2x2(x)
-    return y, (x, y)
+def _max_pool_tangent_apply(x: jax.Array, y: jax.Array, dx: jax.Array) -> jax.Array:
+    return lax.platform_dependent(
+        x, y, dx, cpu=_cpu_max_pool_tangent, default=_plain_max_pool_tangent
+    )
 
 
-def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
-    x, y = residuals
+def _max_pool_tangent_transpose(x: jax.Array, y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
     return (lax.platform_dependent(x, y, g, cpu=_cpu_max_pool_vjp, default=_plain_max_pool_vjp),)
 
 
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_tangent = linear_op(
+    "vgg_max_pool_2x2_tangent",
+    _max_pool_tangent_apply,
+    _max_pool_tangent_transpose,
+    num_residuals=2,
+)
+
+
+@jax.custom_jvp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """`plain_max_pool`, computed by the CPU formulation on CPUs (forward, tangents, backward)."""
+    return lax.platform_dependent(x, cpu=_cpu_max_pool, default=plain_max_pool)
+
+
+@max_pool_2x2.defjvp
+def _max_pool_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = max_pool_2x2(x)
+    return y, _max_pool_tangent(x, y, dx)
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
