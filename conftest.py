@@ -37,6 +37,7 @@ NEEDS = {
     "tensorflow": (
         "tensorflow",
         "tensorflow_datasets",
+        "tensorboard",  # installed with TensorFlow
         "vgg_flax.data.pipeline",
         "vgg_flax.data.preprocess",
         "vgg_flax.data.sources",
@@ -63,9 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
     $VGG_FLAX_COMPILE_CACHE or the pytest cache's `jax-compile/`; JAX_COMPILATION_CACHE_DIR in
     the environment hands it to subprocesses (JAX reads it at start-up).
     """
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     folder = os.environ.get("VGG_FLAX_COMPILE_CACHE") or str(
-        config.cache.mkdir("jax-compile")
-        if config.cache is not None
+        cache.mkdir("jax-compile")
+        if cache is not None
         else Path(config.rootpath, ".pytest_cache", "jax-compile")
     )
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
