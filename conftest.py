@@ -53,6 +53,8 @@ PACKAGES = {
 }
 # Session fixtures (tests/conftest.py) that need an extra: the digits run reads TFDS data.
 FIXTURE_NEEDS = {"digits_run": ("tensorflow",)}
+# Documented commands (tests/test_readme.py's `command` parameter) by the program they run.
+PROGRAM_NEEDS = {"tensorboard": ("tensorflow",)}
 TESTS = Path(__file__).parent / "tests"
 
 
@@ -159,6 +161,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, needed in FIXTURE_NEEDS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 markers.update(needed)
+        command = getattr(item, "callspec", None) and item.callspec.params.get("command")
+        if isinstance(command, str) and command.split():
+            markers.update(PROGRAM_NEEDS.get(os.path.basename(command.split()[0]), ()))
         for marker in sorted(markers - {m.name for m in item.iter_markers()}):
             item.add_marker(marker)
     items.sort(key=lambda item: item.get_closest_marker("big_memory") is None)
