@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test install coverage
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,3 +21,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# Line coverage of vgg_flax/ over the whole suite, its subprocesses included (.coveragerc).
+coverage: $(STAMP)
+	rm -f .coverage .coverage.*
+	COVERAGE_SOURCE=$(CURDIR)/vgg_flax COVERAGE_DATA_DIR=$(CURDIR) $(PY) -m coverage run -m pytest
+	$(PY) -m coverage combine -q
+	COVERAGE_SOURCE=$(CURDIR)/vgg_flax $(PY) -m coverage report | tail -n 3

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+# The benchmarks time PyTorch beside vgg-flax (in a subprocess: not seen in the imports).
+pytestmark = pytest.mark.torch
 
 
 def run(script: str, *args: str) -> None:

@@ -6,6 +6,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+# The workers read TFDS data through vgg_flax.data (in subprocesses: not seen in the imports).
+pytestmark = pytest.mark.tensorflow
+
 WORKER = r"""
 import json, sys
 import jax

@@ -24,6 +24,9 @@ from vgg_flax.evaluate.metrics import TopKCounts
 from vgg_flax.models.vgg import create_model
 from vgg_flax.train.init import init_variables
 
+# The workers read the image folder through vgg_flax.data (subprocesses: not seen in the imports).
+pytestmark = pytest.mark.tensorflow
+
 # Rescaled to smaller side 224 and padded: 224x224, 224x256 and 256x224 (three compiled shapes).
 SIZES = [(224, 224), (230, 250), (224, 256), (240, 240), (250, 224), (224, 230), (300, 300)]
 LIMIT = 3  # the first 3 images all lie in host 0's slice: host 1 scores none

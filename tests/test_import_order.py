@@ -8,9 +8,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vgg_flax._import_order import FIX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The subprocesses import torch, torchvision and TensorFlow (not seen in the imports).
+pytestmark = [pytest.mark.torch, pytest.mark.tensorflow]
 
 # experiments.dataset_stats imports TensorFlow through vgg_flax.data.stats.
 WORKS = (

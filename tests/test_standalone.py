@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import vgg_flax
 
@@ -85,6 +86,7 @@ def test_evaluate_help_without_torch():
     assert "(default: dense)" in result.stdout  # defaults are shown
 
 
+@pytest.mark.tensorflow  # the digits data come through TFDS
 def test_evaluate_checkpoint_without_torch(tmp_path):
     # A narrow VGG-A with 10 classes, saved as a vgg-flax checkpoint.
     model = vgg_flax.create_model("A", width=0.125, head_width=32, num_classes=10)

@@ -30,6 +30,9 @@ TABLE3 = {
     "e_jitter": ("E", None, (256, 512)),
 }
 
+# Training reads TFDS data in subprocesses (not seen in the imports).
+pytestmark = pytest.mark.tensorflow
+
 
 def load(name: str, mode: str | None = None):
     return importlib.import_module(f"experiments.configs.{name}").get_config(mode)

@@ -96,6 +96,7 @@ def test_one_step_on_four_devices_equals_one_device(tmp_path):
     assert float(four["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
 
 
+@pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
 def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     straight = start(str(tmp_path / "straight"))
     killed = start(str(tmp_path / "killed"), slow=1.0)
@@ -148,6 +149,7 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     assert first["eval"] and again["eval"] == first["eval"]
 
 
+@pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from vgg_flax import data
 
@@ -177,6 +179,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
 def test_two_hosts_on_loopback_train_one_model(tmp_path):
     with socket.socket() as sock:  # a free port for the coordinator
         sock.bind(("127.0.0.1", 0))

@@ -1,13 +1,19 @@
 """Training parity: vgg-flax's training step follows PyTorch's SGD step by step.
 
-Full-width vgg11 and vgg11_bn at 64x64, batch 8, 10 steps with momentum 0.9, weight decay and
-one learning-rate drop (a step drop for vgg11, a plateau drop for vgg11_bn), from the same
+vgg11 and vgg11_bn at 64x64, batch 8, 10 steps with momentum 0.9, weight decay and one
+learning-rate drop (a step drop for vgg11, a plateau drop for vgg11_bn), from the same
 torchvision weights on the same batches; the reference is `torch.optim.SGD` with torch's own
 schedulers (`vgg_flax.parity.training`). In float64 the cross-entropies agree to 1e-10 relative
 at every step and every parameter, momentum buffer and running statistic to 1e-9; in float32
 the final loss agrees to 1e-4. vgg11_bn uses the same dropout masks on both sides, on one
 device and on four simulated ones. Each run is shared by the assertions about it (module
 fixtures); the four-device run (a process of its own) runs beside the one-device runs.
+
+One run is full width: vgg11_bn in float64 with dropout, 4096-unit fc6/fc7 (the full-width
+training parity of every layer kind: conv, BatchNorm, dropout, the classifier head). The others
+keep the full conv trunk and narrow fc6/fc7 to NARROW_HEAD units: the step drop, the optimiser's
+update of every parameter and the float32 drift are the same code at any head width, and a
+full-width float64 run costs ~8 GB and minutes.
 """
 
 import os
@@ -32,6 +38,7 @@ BN_SETUP = {"l2_mask": "kernels", "dropout": 0.5, **PLATEAU}
 # float64, four replicas of the full vgg11_bn (133M parameters) peak at ~22 GB. This run keeps
 # the full conv trunk and narrows fc6/fc7 to 256 units (16M parameters): a ~5 GB peak.
 NARROW_HEAD = 256
+NARROW = {"head_width": NARROW_HEAD}
 FOUR_DEVICE_ARGS = [
     *("parity", "vgg11_bn", "--train-steps", "10", "--size", "64", "64", "--batch", "8"),
     *("--devices", str(DEVICES), "--head-width", str(NARROW_HEAD), "--dropout", "0.5"),
@@ -63,7 +70,8 @@ def four_devices():
 
 @pytest.fixture(scope="module")
 def vgg11_float64(four_devices):
-    return compare_training("vgg11", TrainSetup(l2_mask="all", schedule="step", step_every=5))
+    setup = TrainSetup(l2_mask="all", schedule="step", step_every=5, **NARROW)
+    return compare_training("vgg11", setup)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +118,7 @@ def test_vgg11_bn_float64_matches_with_dropout_masks_and_a_plateau_drop(
 # float64 run at every step (and the loss still moves by 1.5%).
 @pytest.mark.parametrize("arch, lr", [("vgg11", 1e-3), ("vgg11_bn", 1e-4)])
 def test_float32_final_loss_agrees_and_drift_is_reported(arch, lr):
-    setup = TrainSetup(dtype="float32", dropout=0.5, learning_rate=lr)
+    setup = TrainSetup(dtype="float32", dropout=0.5, learning_rate=lr, **NARROW)
     report = compare_training(arch, setup)
     final = report.steps[-1]
     assert final.loss_rel <= FLOAT32_LOSS_TOL, final
