@@ -125,7 +125,7 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert main(["convert", "vgg11_bn", str(pth), str(out)]) == 0
     assert "wrote vgg11_bn" in capsys.readouterr().out
-    model, variables = vgg_flax.load(out)
+    model, variables, usage = vgg_flax.load(out)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 1000)
     recorded = recorded_metadata(out)
     assert recorded["input_size"] == 224 and recorded["preprocessing"] == "torchvision"

@@ -108,7 +108,7 @@ def test_feature_pyramid_matches_torchvision_stages(name):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    model, variables = vgg_flax.load(net.state_dict(), name, head="drop")
+    model, variables, _ = vgg_flax.load(net.state_dict(), name, head="drop")
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
     pyramid = jax.jit(vgg_flax.feature_pyramid, static_argnums=0, static_argnames="stages")
     stages = pyramid(model, variables, _torch_nhwc(x))

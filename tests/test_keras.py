@@ -127,14 +127,14 @@ def run(model, variables, images, feature=None):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg16_with_top_gives_keras_logits(vgg16_top, layout):
-    model, variables = vgg_flax.load(vgg16_top.files[layout])
+    model, variables, _ = vgg_flax.load(vgg16_top.files[layout])
     assert (model.arch, model.num_classes) == ("D", 1000)
     assert relative(run(model, variables, vgg16_top.images), vgg16_top.outputs) < TOLERANCE
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg16_without_top_gives_keras_pool5(vgg16_notop, layout):
-    model, variables = vgg_flax.load(vgg16_notop.files[layout])
+    model, variables, _ = vgg_flax.load(vgg16_notop.files[layout])
     assert model.arch == "D" and "fc6" not in variables["params"]
     pool5 = run(model, variables, vgg16_notop.images, "pool5")
     assert relative(pool5, vgg16_notop.outputs) < TOLERANCE
@@ -147,14 +147,14 @@ def vgg19_top(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg19_with_top_gives_keras_logits(vgg19_top, layout):
-    model, variables = vgg_flax.load(vgg19_top.files[layout])
+    model, variables, _ = vgg_flax.load(vgg19_top.files[layout])
     assert (model.arch, model.num_classes) == ("E", 1000)
     assert relative(run(model, variables, vgg19_top.images), vgg19_top.outputs) < TOLERANCE
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg19_without_top_gives_keras_pool5(vgg19_notop, layout):
-    model, variables = vgg_flax.load(vgg19_notop.files[layout])
+    model, variables, _ = vgg_flax.load(vgg19_notop.files[layout])
     assert model.arch == "E"
     pool5 = run(model, variables, vgg19_notop.images, "pool5")
     assert relative(pool5, vgg19_notop.outputs) < TOLERANCE
@@ -175,7 +175,7 @@ def test_every_layer_agrees_with_keras(vgg16_top):
 
 def test_fc1_rows_are_in_keras_flatten_order(vgg16_top):
     """Keras decides fc1's row order: read as (C, H, W), as Caffe and torch flatten, it fails."""
-    model, variables = vgg_flax.load(vgg16_top.files["keras3"])
+    model, variables, _ = vgg_flax.load(vgg16_top.files["keras3"])
     fc6 = np.asarray(variables["params"]["fc6"]["kernel"])  # (7, 7, 512, 4096) from (H, W, C) rows
     as_chw = fc6.reshape(512, 7, 7, -1).transpose(1, 2, 0, 3)
     wrong = {
@@ -196,8 +196,8 @@ def test_split_layer_names_attribute(vgg16_notop, tmp_path):
     path = tmp_path / "split.h5"
     write_legacy(path, vgg16_notop.model, chunks=3)
     vgg16_notop.model.load_weights(path)  # Keras reads layer_names0, 1, 2 too
-    _, variables = vgg_flax.load(path)
-    _, reference = vgg_flax.load(vgg16_notop.files["legacy"])
+    _, variables, _ = vgg_flax.load(path)
+    _, reference, _ = vgg_flax.load(vgg16_notop.files["legacy"])
     for name, layer in reference["params"].items():
         np.testing.assert_array_equal(variables["params"][name]["kernel"], layer["kernel"])
 
@@ -243,7 +243,7 @@ def test_convert_records_caffe_preprocessing(vgg16_notop, tmp_path):
     assert main(["convert", str(vgg16_notop.files["keras3"]), str(out)]) == 0
     variables, metadata = checkpoint.read_model(out)
     assert metadata["preprocessing"] == "caffe" and metadata["arch"] == "D"
-    model, loaded = vgg_flax.load(out)
+    model, loaded, _ = vgg_flax.load(out)
     pool5 = run(model, loaded, vgg16_notop.images, "pool5")
     assert relative(pool5, vgg16_notop.outputs) < TOLERANCE
 
@@ -287,7 +287,7 @@ def test_pretrained_vgg16_caffe_checks_md5(vgg16_top, tmp_path, monkeypatch):
         monkeypatch.setitem(
             weights.KERAS_WEIGHTS, "vgg16_caffe", entry.__class__(**{**entry.__dict__, "md5": md5})
         )
-        model, variables = vgg_flax.pretrained(
+        model, variables, _ = vgg_flax.pretrained(
             "vgg16_caffe", base_url=url, cache=cache, progress=False
         )
     finally:

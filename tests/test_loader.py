@@ -26,7 +26,7 @@ def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(tmp_
     with torch.no_grad():
         want = net(images).numpy()
     for source in (pth, net.state_dict()):
-        model, variables = vgg_flax.load(source)
+        model, variables, _ = vgg_flax.load(source)
         assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 7)
         assert isinstance(variables["params"]["fc8"]["kernel"], jax.Array)
         got = model.apply(variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
@@ -55,7 +55,7 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
     images = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
     variables = jax.jit(model.init)(jax.random.key(1), images)
     path = vgg_flax.save(tmp_path / "ckpt", model, variables, note="tiny")
-    loaded, restored = vgg_flax.load(path, dtype=jnp.bfloat16)
+    loaded, restored, _ = vgg_flax.load(path, dtype=jnp.bfloat16)
     assert vgg_flax.architecture(loaded) == vgg_flax.architecture(model)
     assert loaded.dtype == jnp.bfloat16 and loaded.pooling == "avg"
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(restored), strict=True):

@@ -119,7 +119,7 @@ def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     name = _publish(served / "models", "vgg11", path.read_bytes())
     entry = dataclasses.replace(weights.TORCHVISION_WEIGHTS["vgg11"], file=name)
     monkeypatch.setitem(weights.TORCHVISION_WEIGHTS, "vgg11", entry)
-    model, variables = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
+    model, variables, _ = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", False, 1000)
     fc8 = variables["params"]["fc8"]
     np.testing.assert_array_equal(fc8["bias"], state["classifier.6.bias"].numpy())

@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="input side (default: the checkpoint's recorded input size, else 224)",
+        help="input side (default: the weights' recorded input size, their crop: 224 unless "
+        "trained smaller)",
     )
     parser.add_argument(
         "--platforms",
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from vgg_flax.weights import loading as loader
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-    image_size = args.image_size or loader.recorded_metadata(args.source).get("input_size", 224)
-    model, variables = loader.load(args.source)
+    model, variables, usage = loader.load(args.source)
+    image_size = args.image_size or usage.input_size
     if args.format == "stablehlo":
         export.export_stablehlo(
             model, variables, args.out, image_size=image_size, platforms=platforms
