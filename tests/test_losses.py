@@ -165,8 +165,8 @@ def test_preset_total_gradient_and_options():
 
 
 def test_presets_and_errors():
-    assert losses.PRESETS["srgan"].content == (("relu5_4", 1.0),)
-    assert losses.PRESETS["esrgan"].content == (("conv5_4", 1.0),)
+    assert losses.RECIPES["srgan"].content == (("relu5_4", 1.0),)
+    assert losses.RECIPES["esrgan"].content == (("conv5_4", 1.0),)
     _, trunk = _trunks("vgg16")
     with pytest.raises(ValueError, match="conv5_4"):
         losses.perceptual_loss("esrgan", trunk=trunk)  # VGG-16 has no conv5_4

@@ -117,7 +117,8 @@ def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     path = served / "models" / "tmp.pth"
     torch.save(state, path)
     name = _publish(served / "models", "vgg11", path.read_bytes())
-    entry = dataclasses.replace(weights.TORCHVISION_WEIGHTS["vgg11"], file=name)
+    entry = weights.TORCHVISION_WEIGHTS["vgg11"]
+    entry = dataclasses.replace(entry, source=dataclasses.replace(entry.source, file=name))
     monkeypatch.setitem(weights.TORCHVISION_WEIGHTS, "vgg11", entry)
     model, variables, _ = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", False, 1000)

@@ -312,8 +312,8 @@ def save_training(
 ) -> None:
     """Write training `state` and JSON `meta` (with the model's architecture) as checkpoint `step`.
 
-    `meta` needs every field of `vgg_flax.models.arch.ARCHITECTURE_FIELDS`, so that a resumed run can
-    tell whether the checkpoint belongs to its network.
+    `meta` needs every field of `vgg_flax.models.arch.ARCHITECTURE_FIELDS`, so that a resumed run
+    can tell whether the checkpoint belongs to its network.
     """
     missing = [key for key in ARCHITECTURE_FIELDS if key not in meta]
     if missing:
