@@ -2,7 +2,8 @@
 
 The fixture tests/data/old_release_a_local/ is a training run's model/ and config.json written
 by the previous release (commit 1889877: `python -m experiments.train --config
-experiments/configs/a_256.py:local --config.width=0.125 --config.head_width=32`). Its metadata
+experiments/configs/a_256.py:local --config.width=0.125 --config.head_width=32
+--config.init=torchvision`, so that its outputs depend on its input). Its metadata
 says `"preprocessing": "mean_rgb"` without the mean; the run trained on the digits with their
 own mean pixel, which only its config.json implies.
 """
