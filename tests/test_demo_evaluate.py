@@ -99,7 +99,7 @@ def test_training_checkpoint_evaluates_the_same(run, tmp_path):
 
 def test_flags_that_contradict_the_records_warn(run):
     workdir, _ = run
-    model = [str(workdir / "model")]
+    model = [read_usage(workdir / "model")]  # the helpers take usage records
     with pytest.warns(UserWarning, match="--input-size 64 overrides"):
         assert evaluate_cli.input_size(model, 64) == 64
     with pytest.warns(UserWarning, match="--flips on nets trained without flips"):

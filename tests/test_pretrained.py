@@ -126,5 +126,5 @@ def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     np.testing.assert_array_equal(fc8["bias"], state["classifier.6.bias"].numpy())
     assert fc8["kernel"].shape == (1, 1, 4096, 1000) and fc8["kernel"].dtype == np.float16
     np.testing.assert_array_equal(fc8["kernel"][0, 0, 7], state["classifier.6.weight"][:, 7])
-    with pytest.raises(ValueError, match="no torchvision weights named 'vgg12'"):
+    with pytest.raises(ValueError, match="no pretrained weights named 'vgg12'"):
         vgg_flax.pretrained("vgg12", cache=cache)
