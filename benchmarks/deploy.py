@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from vgg_flax.inference import export, onnx, quantize
     from vgg_flax.preprocessing import preprocess
 
-    model, variables = vgg_flax.load(args.checkpoint)
+    model, variables, _ = vgg_flax.load(args.checkpoint)
     arrays = digits_arrays(32)
     test_images, labels = arrays["test"][0], arrays["test"][1]
     test = np.asarray(preprocess(test_images / np.float32(255), "torchvision"), np.float32)

@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     net = getattr(torchvision.models, args.arch)(weights=None).eval()
     head = torch_dense_head(net)
-    scorer = Scorer(*vgg_flax.load(net.state_dict(), args.arch))
+    scorer = Scorer(*vgg_flax.load(net.state_dict(), args.arch)[:2])
     examples = make_examples(args.images, args.scales)
 
     def ours():

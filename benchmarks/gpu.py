@@ -196,7 +196,7 @@ def parity(args: argparse.Namespace) -> dict[str, float]:
     images = torch.randn(args.parity_batch, 3, args.size, args.size)
     with torch.inference_mode():
         want = net.to(device)(images.to(device)).float().cpu().numpy()
-    model, variables = vgg_flax.load(net.cpu().state_dict(), ARCH, precision="highest")
+    model, variables, _ = vgg_flax.load(net.cpu().state_dict(), ARCH, precision="highest")
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
     got = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
     diff = float(jnp.max(jnp.abs(got - jnp.asarray(want))))

@@ -7,11 +7,12 @@ Several `--checkpoint`s form an ensemble (posteriors averaged). Checkpoints are 
 directories (a training run's model/ or checkpoints/<step>) or torchvision `.pth` files (arch
 inferred from the tensors' shapes, or `--arch`).
 
-What a checkpoint records sets the defaults: its input preprocessing, the input size it was
-trained at (crops and test scales follow it: a net trained on 32x32 digits is tested at its own
-size), the test scale Q and the flips of its training run's evaluation. So a run's model/ scores
-as its training run reported with no flags beyond the checkpoint and the dataset. A flag that
-contradicts a record is used, with a warning.
+The checkpoints' usage records (`vgg_flax.load`'s third value) set the defaults: the input
+preprocessing with its numbers, the input size it was trained at (crops and test scales follow
+it: a net trained on 32x32 digits is tested at its own size), the test scale Q and the flips of
+its training run's evaluation. So a run's model/ scores as its training run reported with no
+flags beyond the checkpoint and the dataset. A flag that contradicts a record is used, with a
+warning.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folder", default=None, help="dataset=folder: folder/<split>/<class>/")
     parser.add_argument(
         "--normalize",
-        choices=("mean_rgb", "torchvision", "caffe"),
-        help="input normalisation; none: what the checkpoints record (.pth files: torchvision; "
-        ".h5/.caffemodel: caffe), else mean_rgb",
+        choices=("mean_rgb", *preprocessing.PRESETS),
+        help="input normalisation; none: what the checkpoints' usage records say (their mean "
+        "included; .pth files: torchvision, or the registry's; .h5/.caffemodel: caffe)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="evaluate the first N images (none: all)"
@@ -96,38 +97,31 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The data config overrides the arguments name."""
+def data_options(args: argparse.Namespace, usages: Sequence[Any]) -> dict[str, Any]:
+    """The data config overrides the arguments and the checkpoints' usage records name."""
+    from vgg_flax.data.config import normalize_options
+
     options: dict[str, Any] = {
         "source": args.dataset,
-        "normalize": normalization(args.checkpoint, args.normalize),
+        **normalize_options(chosen_preprocessing(usages, args.normalize)),
         "on_corrupt": "error",
     }
     for key in ("data_dir", "manual_dir", "folder"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    size = input_size(args.checkpoint, args.input_size)
-    if args.dataset == "digits" and size is not None:
-        options["image_size"] = size  # the digits are rendered at the size the net saw
+    if args.dataset == "digits":
+        options["image_size"] = input_size(usages, args.input_size)  # the size the net saw
     return options
 
 
-def recorded(checkpoints: Sequence[str], key: str) -> dict[str, Any]:
-    """path -> the value each checkpoint records under `key` (only those that record one)."""
-    from vgg_flax.weights.loading import recorded_metadata
+def agreed(usages: Sequence[Any], key: str, flag: Any, name: str) -> Any:
+    """The usage records' common `key` (an attribute of `Usage`), unless `flag` is given.
 
-    values = {path: recorded_metadata(path).get(key) for path in checkpoints}
-    return {path: value for path, value in values.items() if value is not None}
-
-
-def agreed(checkpoints: Sequence[str], key: str, flag: Any, name: str) -> Any:
-    """The checkpoints' common record of `key`, unless `flag` (named `name`) is given.
-
-    A flag that contradicts a record is used, with a warning; checkpoints that record different
-    values need the flag. None when nothing is recorded and no flag is given.
+    A flag that contradicts a record is used, with a warning; records that differ need the
+    flag. None when no record has a value and no flag is given.
     """
-    found = recorded(checkpoints, key)
-    known = {json.dumps(value) for value in found.values()}
+    found = [getattr(usage, key) for usage in usages if getattr(usage, key) is not None]
+    known = {json.dumps(value) for value in found}
     if flag is not None:
         if known - {json.dumps(flag)}:
             warnings.warn(
@@ -138,69 +132,71 @@ def agreed(checkpoints: Sequence[str], key: str, flag: Any, name: str) -> Any:
         return flag
     if len(known) > 1:
         raise ValueError(f"the checkpoints record different {key} ({found}); pass {name} to choose")
-    return next(iter(found.values())) if found else None
+    return found[0] if found else None
 
 
-def input_size(checkpoints: Sequence[str], flag: int | None) -> int | None:
-    """The crop size the nets were trained at (None: unrecorded, the standard 224)."""
-    return agreed(checkpoints, "input_size", flag, "--input-size")
+def input_size(usages: Sequence[Any], flag: int | None) -> int:
+    """The crop size the nets were trained at (their records' crop; 224 for published weights)."""
+    return agreed(usages, "input_size", flag, "--input-size")
 
 
-def chosen_scales(checkpoints: Sequence[str], flag: Sequence[int] | None, size: int | None) -> list:
-    """Q: the flag, else the Q the training runs evaluated at, else 256 scaled to the input size."""
+def chosen_scales(usages: Sequence[Any], flag: Sequence[int] | None, size: int) -> list:
+    """Q: the flag, else the records' common resize, else 256 scaled to the input size."""
     if flag:
         return list(flag)
-    evaluated = set(recorded(checkpoints, "eval_scale").values())
+    evaluated = {usage.eval_scale for usage in usages}
     if len(evaluated) == 1:
         return [evaluated.pop()]
-    crop = size or preprocessing.CROP_SIZE
-    return [round(preprocessing.TORCHVISION_RESIZE * crop / preprocessing.CROP_SIZE)]
+    return [round(preprocessing.TORCHVISION_RESIZE * size / preprocessing.CROP_SIZE)]
 
 
-def use_flips(checkpoints: Sequence[str], flag: bool | None) -> bool:
-    """Test-time flips: the flag, else off when every checkpoint records training without them."""
-    trained = recorded(checkpoints, "train_flip")
+def use_flips(usages: Sequence[Any], flag: bool | None) -> bool:
+    """Test-time flips: the flag, else off when every record says training used none."""
+    trained = [usage.train_flip for usage in usages if usage.train_flip is not None]
     if flag is not None:
-        if flag and trained and not any(trained.values()):
+        if flag and trained and not any(trained):
             warnings.warn(
                 f"--flips on nets trained without flips ({trained}); expect worse accuracy",
                 stacklevel=2,
             )
         return flag
-    return not trained or any(trained.values()) or len(trained) < len(checkpoints)
+    return not trained or any(trained) or len(trained) < len(usages)
 
 
-def normalization(checkpoints: list[str], flag: str | None) -> str:
-    """The input normalisation: the one the checkpoints record, unless `flag` says otherwise.
+def chosen_preprocessing(usages: Sequence[Any], flag: str | None) -> preprocessing.Preset:
+    """The input preprocessing: the one the usage records share, unless `flag` names another.
 
-    Checkpoints without a record (older vgg-flax directories) default to "mean_rgb"; a flag
-    that contradicts a record is used, with a warning.
+    `flag` is a name of `vgg_flax.data.config.NORMALIZE_MODES` ("mean_rgb": the records' mean
+    where they are mean_rgb, else ImageNet's mean pixel); one that contradicts the records is
+    used, with a warning. Records that differ (an ensemble of nets fed differently) need it.
     """
-    from vgg_flax.data.config import NORMALIZE_MODES
-    from vgg_flax.weights.loading import recorded_preprocessing
-
-    recorded = {path: recorded_preprocessing(path) for path in checkpoints}
-    known = {value for value in recorded.values() if value is not None}
-    unusable = known - set(NORMALIZE_MODES)
-    if flag is None and unusable:
-        raise ValueError(
-            f"the checkpoints expect preprocessing {sorted(unusable)}, which the evaluation "
-            f"pipeline does not implement; pass --normalize (one of {', '.join(NORMALIZE_MODES)})"
-        )
-    if flag is None and len(known) > 1:
-        raise ValueError(
-            f"the checkpoints record different preprocessing ({recorded}); an ensemble needs one: "
-            "pass --normalize to choose"
-        )
-    if flag is not None:
-        if known - {flag}:
-            warnings.warn(
-                f"--normalize {flag} overrides the preprocessing the checkpoints record "
-                f"({recorded}); expect worse accuracy if they were trained otherwise",
-                stacklevel=2,
+    recorded = [usage.preprocessing for usage in usages]
+    values = {_values(preset) for preset in recorded}
+    if flag is None:
+        if len(values) > 1:
+            raise ValueError(
+                "the checkpoints record different preprocessing "
+                f"({', '.join(p.name for p in recorded)}); an ensemble needs one: pass "
+                "--normalize to choose"
             )
-        return flag
-    return known.pop() if known else "mean_rgb"
+        return recorded[0]
+    if flag == "mean_rgb":
+        means = [p.mean for p in recorded if p.name == "mean_rgb"]
+        chosen = preprocessing.mean_rgb(means[0] if means else preprocessing.IMAGENET_MEAN_RGB)
+    else:
+        chosen = preprocessing.PRESETS[flag]
+    if values - {_values(chosen)}:
+        warnings.warn(
+            f"--normalize {flag} overrides the preprocessing the checkpoints record "
+            f"({', '.join(p.name for p in recorded)}); expect worse accuracy if they were "
+            "trained otherwise",
+            stacklevel=2,
+        )
+    return chosen
+
+
+def _values(preset: preprocessing.Preset) -> tuple[Any, ...]:
+    return (preset.channel_order, preset.value_range, preset.mean, preset.std)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,22 +213,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.output:  # refused now, not after the whole evaluation
         check_output(args.output)
     check_quantize_options(args)
-    size = input_size(args.checkpoint, args.input_size)
-    scales = chosen_scales(args.checkpoint, args.scales, size)
-    data_config = data.default_config(**data_options(args))
+    from vgg_flax.weights.loading import load
+
+    loaded = [load(path, args.arch, head="keep") for path in args.checkpoint]
+    usages = [network.usage for network in loaded]
+    size = input_size(usages, args.input_size)
+    scales = chosen_scales(usages, args.scales, size)
+    data_config = data.default_config(**data_options(args, usages))
     if args.quantize:  # vgg_flax.inference.quantize
+        from vgg_flax.data.config import preprocessing_for
         from vgg_flax.inference.quantize import quantized_network
 
-        quantize = (args.quantize, args.calibrate, data_config["normalize"])
-        scorers = [quantized_network(p, args.arch, size, *quantize) for p in args.checkpoint]
+        quantize = (args.quantize, args.calibrate, preprocessing_for(data_config))
+        scorers = [quantized_network(network, size, *quantize) for network in loaded]
     else:
-        scorers = [runner.load_network(path, args.arch, size) for path in args.checkpoint]
+        scorers = [runner.load_network(network, input_size=size) for network in loaded]
     result = runner.evaluate_dataset(
         scorers,
         data_config,
         protocol=args.protocol,
         scales=scales,
-        flips=use_flips(args.checkpoint, args.flips),
+        flips=use_flips(usages, args.flips),
         split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,

@@ -137,13 +137,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from vgg_flax.evaluate import runner
     from vgg_flax.evaluate.protocols import view_size
     from vgg_flax.train.trainer import initialize_distributed
+    from vgg_flax.weights.loading import load
 
     # On several hosts (JAX_COORDINATOR_ADDRESS etc.) each host scores its slice of the split;
     # every host gets the whole split's posteriors, so all write the same tables.
     initialize_distributed()
     specs = [parse_checkpoint(spec) for spec in args.checkpoint]
-    args.checkpoint = [path for path, _ in specs]  # data_options looks at the file types
-    data_config = data.default_config(**data_options(args))
+    args.checkpoint = [path for path, _ in specs]
+    loaded = [load(path, args.arch, head="keep") for path in args.checkpoint]
+    # The usage records set the input preprocessing (one for the whole grid) and size.
+    data_config = data.default_config(**data_options(args, [n.usage for n in loaded]))
     rows: list[dict[str, Any]] = []
     both_runs: list[Posteriors] = []
     nets: list[str] = []
@@ -165,8 +168,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
         )
 
-    for path, scale in specs:
-        scorer = runner.load_network(path, args.arch, args.input_size)
+    for network, (_, scale) in zip(loaded, specs, strict=True):
+        scorer = runner.load_network(network, input_size=args.input_size)
         # A net trained below 224 (e.g. on 32x32 digits) is tested at proportionally smaller Q.
         shrink = view_size([scorer]) / preprocessing.CROP_SIZE
         net = arch.arch_label(scorer.model.arch) + ("-BN" if scorer.model.batch_norm else "")

@@ -154,7 +154,7 @@ def test_caffemodel_matches_caffe_forward(net, layout, tmp_path):
     layers, images, reference = net
     path = tmp_path / f"vgg_{layout}.caffemodel"
     path.write_bytes(encode(layers, layout))
-    model, variables = vgg_flax.load(path)
+    model, variables, _ = vgg_flax.load(path)
     assert model.num_classes == 10 and model.head_width == HEAD
     found = model.apply(variables, images, features=("fc6", "logits"))
     assert relative(found["fc6"], reference["fc6"]) < TOLERANCE
@@ -172,7 +172,7 @@ def test_full_width_layer_list_is_vgg16(tmp_path):
             channels = layer.features
     path = tmp_path / "features.caffemodel"
     path.write_bytes(encode(layers, "new"))
-    model, variables = vgg_flax.load(path)
+    model, variables, _ = vgg_flax.load(path)
     assert model.arch == "D" and "fc6" not in variables["params"]
 
 

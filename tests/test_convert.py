@@ -12,7 +12,8 @@ import vgg_flax
 from vgg_flax.cli import main
 from vgg_flax.formats.torchvision import UnusableHeadWarning, torchvision_entries
 from vgg_flax.parity.torchvision import randomize
-from vgg_flax.weights.loading import recorded_metadata
+from vgg_flax.preprocessing import PRESETS
+from vgg_flax.weights.loading import read_usage
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,11 +126,13 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert main(["convert", "vgg11_bn", str(pth), str(out)]) == 0
     assert "wrote vgg11_bn" in capsys.readouterr().out
-    model, variables = vgg_flax.load(out)
+    model, variables, usage = vgg_flax.load(out)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 1000)
-    recorded = recorded_metadata(out)
-    assert recorded["input_size"] == 224 and recorded["preprocessing"] == "torchvision"
-    assert recorded["class_names"] == torchvision.models.VGG11_BN_Weights.DEFAULT.meta["categories"]
+    assert usage == read_usage(out)  # the record, as read without the arrays
+    assert usage.input_size == 224 and usage.preprocessing == PRESETS["torchvision"]
+    assert usage.eval_scale == 256 and usage.source.file == "vgg11_bn.pth"
+    names = torchvision.models.VGG11_BN_Weights.DEFAULT.meta["categories"]
+    assert list(usage.class_names) == names
     back = vgg_flax.to_torchvision(variables, "vgg11_bn")
     for key, value in back.items():
         assert value.tobytes() == state[key].tobytes(), key

@@ -1,4 +1,4 @@
-"""`create_model(name, pretrained=..., num_classes=N)`, the model lists and the feature pyramid.
+"""`pretrained(name, num_classes=N)`, `create_model(name)`, the model lists and the feature pyramid.
 
 Pretrained weights are a seeded torchvision vgg11 that the test writes into the weights cache
 under a registry entry renamed to its hash (as tests/test_pretrained.py does): no download.
@@ -31,7 +31,8 @@ def vgg11(tmp_path_factory):
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     name = f"vgg11-{digest}.pth"
     path.rename(cache / name)
-    entry = dataclasses.replace(weights.TORCHVISION_WEIGHTS["vgg11"], file=name)
+    entry = weights.TORCHVISION_WEIGHTS["vgg11"]
+    entry = dataclasses.replace(entry, source=dataclasses.replace(entry.source, file=name))
     return net, cache, entry
 
 
@@ -54,7 +55,8 @@ def test_pretrained_with_a_fresh_head(registry):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fc7 = net.classifier[:5](torch.flatten(net.avgpool(net.features(x)), 1)).numpy()
-    model, variables = vgg_flax.create_model("A", pretrained=True, num_classes=10)
+    model, variables, usage = vgg_flax.pretrained("A", num_classes=10)
+    assert usage.architecture["num_classes"] == 10 and usage.class_names is None
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", False, 10)
     params = variables["params"]
     assert params["fc8"]["kernel"].shape == (1, 1, 4096, 10)
@@ -65,7 +67,8 @@ def test_pretrained_with_a_fresh_head(registry):
     np.testing.assert_allclose(found["relu7"], fc7, rtol=1e-4, atol=1e-5)
     assert found["logits"].shape == (2, 10)
     # The name form, and all 1000 classes: the weights' own head, equal to torchvision's logits.
-    model, variables = vgg_flax.create_model("vgg11", pretrained="vgg11")
+    model, variables, usage = vgg_flax.pretrained("vgg11")
+    assert usage.metrics["acc1"] == 69.020 and len(usage.class_names) == 1000
     with torch.no_grad():
         expected = net(x).numpy()
     logits = jax.jit(model.apply)(variables, _torch_nhwc(x))
@@ -73,20 +76,20 @@ def test_pretrained_with_a_fresh_head(registry):
 
 
 def test_weights_names():
-    assert weights_name("A", True) == weights_name("vgg11", True) == "vgg11"
-    assert weights_name("D", True, batch_norm=True) == weights_name("vgg16_bn", True) == "vgg16_bn"
-    assert weights_name("vgg16", "vgg16_caffe") == "vgg16_caffe"
+    assert weights_name("A") == weights_name("vgg11") == "vgg11"
+    assert weights_name("D", batch_norm=True) == weights_name("vgg16_bn") == "vgg16_bn"
+    assert weights_name("vgg16_caffe") == "vgg16_caffe"
 
 
 def test_pretrained_errors_name_the_fix():
-    with pytest.raises(ValueError, match="create_model\\('vgg16_bn', pretrained='vgg16_bn'\\)"):
-        vgg_flax.create_model("vgg11", pretrained="vgg16_bn")
+    with pytest.raises(ValueError, match="vgg_flax.pretrained\\('vgg11', num_classes=10\\)"):
+        vgg_flax.create_model("vgg11", pretrained=True, num_classes=10)
     with pytest.raises(ValueError, match="no pretrained ImageNet weights for VGG C"):
-        vgg_flax.create_model("C", pretrained=True)
+        vgg_flax.pretrained("C")
     with pytest.raises(ValueError, match="width cannot be set"):
-        vgg_flax.create_model("vgg11", pretrained=True, width=0.5)
+        vgg_flax.pretrained("vgg11", width=0.5)
     with pytest.raises(ValueError, match="no pretrained weights named 'vgg12'"):
-        vgg_flax.create_model("vgg11", pretrained="vgg12")
+        vgg_flax.pretrained("vgg12")
 
 
 def test_model_lists():
@@ -108,7 +111,7 @@ def test_feature_pyramid_matches_torchvision_stages(name):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    model, variables = vgg_flax.load(net.state_dict(), name, head="drop")
+    model, variables, _ = vgg_flax.load(net.state_dict(), name, head="drop")
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
     pyramid = jax.jit(vgg_flax.feature_pyramid, static_argnums=0, static_argnames="stages")
     stages = pyramid(model, variables, _torch_nhwc(x))

@@ -142,12 +142,28 @@ def test_torchvision_eval_protocol_matches_torchvision(photos):
 
 def test_normalisations():
     pixel = tf.constant([[[200.0, 100.0, 50.0]]])
-    caffe = preprocess.normalize(pixel, "caffe", ()).numpy()[0, 0]
+    caffe = preprocess.normalize(pixel, preprocessing.PRESETS["caffe"]).numpy()[0, 0]
     np.testing.assert_allclose(caffe, [50 - 103.939, 100 - 116.779, 200 - 123.68], rtol=1e-6)
-    torchvision = preprocess.normalize(pixel, "torchvision", ()).numpy()[0, 0]
+    torchvision = preprocess.normalize(pixel, preprocessing.PRESETS["torchvision"]).numpy()[0, 0]
     want = (
         np.array([200, 100, 50]) / 255 - preprocessing.TORCHVISION_MEAN
     ) / preprocessing.TORCHVISION_STD
     np.testing.assert_allclose(torchvision, want, rtol=1e-5)
-    mean = preprocess.normalize(pixel, "mean_rgb", (1.0, 2.0, 3.0)).numpy()[0, 0]
+    mean = preprocess.normalize(pixel, preprocessing.mean_rgb((1.0, 2.0, 3.0))).numpy()[0, 0]
     np.testing.assert_allclose(mean, [199, 98, 47])
+
+
+@pytest.mark.parametrize("name", ["mean_rgb", *preprocessing.PRESETS])
+def test_tf_and_numpy_sides_of_preprocess_are_equal(name):
+    """One definition, two backends: the pipeline's tf normalisation is the numpy function's."""
+    from vgg_flax.data.config import preprocessing_for
+
+    normalize = "mean_rgb" if name == "mean_rgb" else name
+    preset = preprocessing_for({"source": "folder", "normalize": normalize})
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    tf_side = preprocess.normalize(tf.constant(pixels), preset).numpy()
+    numpy_side = preprocessing.preprocess(pixels / np.float32(255), preset)
+    np.testing.assert_allclose(tf_side, numpy_side, rtol=1e-6, atol=1e-4)
+    np.testing.assert_array_equal(
+        tf_side, preprocessing.preprocess(pixels, preset, input_range=(0.0, 255.0))
+    )

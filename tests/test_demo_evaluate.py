@@ -22,9 +22,10 @@ import train_tiny
 
 import vgg_flax
 from experiments import evaluate as evaluate_cli
+from vgg_flax import preprocessing
 from vgg_flax.evaluate import protocols
 from vgg_flax.models.layers import adaptive_avg_pool
-from vgg_flax.weights import checkpoint
+from vgg_flax.weights.loading import read_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DIGITS = 360
@@ -50,11 +51,12 @@ def errors_from_result(result: dict) -> int:
 def test_model_records_what_using_it_needs(run):
     workdir, _ = run
     for where in (workdir / "model", workdir / "checkpoints"):
-        metadata = checkpoint.read_metadata(where)
-        assert metadata["preprocessing"] == "torchvision"
-        assert metadata["input_size"] == 32 and metadata["eval_scale"] == 32
-        assert metadata["train_flip"] is False
-        assert metadata["class_names"] == [str(digit) for digit in range(10)]
+        usage = read_usage(where)
+        assert usage.preprocessing.name == "torchvision"
+        assert usage.preprocessing.mean == preprocessing.TORCHVISION_MEAN
+        assert usage.input_size == 32 and usage.eval_scale == 32
+        assert usage.train_flip is False
+        assert usage.class_names == tuple(str(digit) for digit in range(10))
 
 
 def test_documented_command_gives_the_training_runs_accuracy(run):
@@ -97,7 +99,7 @@ def test_training_checkpoint_evaluates_the_same(run, tmp_path):
 
 def test_flags_that_contradict_the_records_warn(run):
     workdir, _ = run
-    model = [str(workdir / "model")]
+    model = [read_usage(workdir / "model")]  # the helpers take usage records
     with pytest.warns(UserWarning, match="--input-size 64 overrides"):
         assert evaluate_cli.input_size(model, 64) == 64
     with pytest.warns(UserWarning, match="--flips on nets trained without flips"):

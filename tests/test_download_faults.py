@@ -135,7 +135,7 @@ def test_endless_data_is_refused_at_the_size_limit(cache, monkeypatch):
 
 def test_a_registry_size_caps_the_download(cache, monkeypatch):
     entry = weights.TORCHVISION_WEIGHTS["vgg16"]
-    assert weights.expected_size(entry.file) == entry.size
+    assert weights.expected_size(entry.source.file) == entry.source.size
     monkeypatch.setattr(downloads, "SIZE_SLACK", 0)
     with raw_server(headers_then_stall) as url:  # announces 100,000 bytes
         with pytest.raises(DownloadError, match="announces 100000 bytes, more than the 1000"):

@@ -45,7 +45,7 @@ from vgg_flax.evaluate import runner
 from vgg_flax.evaluate.batching import Scorer
 
 config = data.default_config(source="folder", folder=root + "/images", normalize="torchvision")
-model, variables = load(root + "/net")
+model, variables, _ = load(root + "/net")
 
 def run(scorer, limit=None):
     found, mine = {}, []

@@ -35,7 +35,7 @@ def _data_files(path) -> list[str]:
 
 def test_round_trip_and_hash_recorded(saved):
     path, variables = saved
-    model, loaded = vgg_flax.load(path)
+    model, loaded, _ = vgg_flax.load(path)
     assert len(checkpoint.read_metadata(path)[checkpoint.HASH_KEY]) == 64
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -11,6 +11,7 @@ layers, so VGG16 proves the layouts and VGG19 proves what it adds (the fourth co
 and config E inferred from the file), without writing and reading 1.7 GB twice more.
 """
 
+import dataclasses
 import hashlib
 import http.server
 import inspect
@@ -95,6 +96,7 @@ class Net:
         shape = (*size, 3) if include_top else None
         self.model = keras_parity.keras_model(network, include_top=include_top, input_shape=shape)
         rgb = np.random.default_rng(1).random((batch, *size, 3), np.float32)
+        self.rgb = rgb
         self.images = preprocessing.preprocess(rgb, "caffe")
         self.outputs = keras.ops.convert_to_numpy(self.model(self.images))
         self.files = {
@@ -133,14 +135,14 @@ def run(model, variables, images, feature=None):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg16_with_top_gives_keras_logits(vgg16_top, layout):
-    model, variables = vgg_flax.load(vgg16_top.files[layout])
+    model, variables, _ = vgg_flax.load(vgg16_top.files[layout])
     assert (model.arch, model.num_classes) == ("D", 1000)
     assert relative(run(model, variables, vgg16_top.images), vgg16_top.outputs) < TOLERANCE
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_vgg16_without_top_gives_keras_pool5(vgg16_notop, layout):
-    model, variables = vgg_flax.load(vgg16_notop.files[layout])
+    model, variables, _ = vgg_flax.load(vgg16_notop.files[layout])
     assert model.arch == "D" and "fc6" not in variables["params"]
     pool5 = run(model, variables, vgg16_notop.images, "pool5")
     assert relative(pool5, vgg16_notop.outputs) < TOLERANCE
@@ -153,14 +155,14 @@ def vgg19_top(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", VGG19_LAYOUTS)
 def test_vgg19_with_top_gives_keras_logits(vgg19_top, layout):
-    model, variables = vgg_flax.load(vgg19_top.files[layout])
+    model, variables, _ = vgg_flax.load(vgg19_top.files[layout])
     assert (model.arch, model.num_classes) == ("E", 1000)
     assert relative(run(model, variables, vgg19_top.images), vgg19_top.outputs) < TOLERANCE
 
 
 @pytest.mark.parametrize("layout", VGG19_LAYOUTS)
 def test_vgg19_without_top_gives_keras_pool5(vgg19_notop, layout):
-    model, variables = vgg_flax.load(vgg19_notop.files[layout])
+    model, variables, _ = vgg_flax.load(vgg19_notop.files[layout])
     assert model.arch == "E"
     pool5 = run(model, variables, vgg19_notop.images, "pool5")
     assert relative(pool5, vgg19_notop.outputs) < TOLERANCE
@@ -181,7 +183,7 @@ def test_every_layer_agrees_with_keras(vgg16_top):
 
 def test_fc1_rows_are_in_keras_flatten_order(vgg16_top):
     """Keras decides fc1's row order: read as (C, H, W), as Caffe and torch flatten, it fails."""
-    model, variables = vgg_flax.load(vgg16_top.files["keras3"])
+    model, variables, _ = vgg_flax.load(vgg16_top.files["keras3"])
     fc6 = np.asarray(variables["params"]["fc6"]["kernel"])  # (7, 7, 512, 4096) from (H, W, C) rows
     as_chw = fc6.reshape(512, 7, 7, -1).transpose(1, 2, 0, 3)
     wrong = {
@@ -202,8 +204,8 @@ def test_split_layer_names_attribute(vgg16_notop, tmp_path):
     path = tmp_path / "split.h5"
     write_legacy(path, vgg16_notop.model, chunks=3)
     vgg16_notop.model.load_weights(path)  # Keras reads layer_names0, 1, 2 too
-    _, variables = vgg_flax.load(path)
-    _, reference = vgg_flax.load(vgg16_notop.files["legacy"])
+    _, variables, _ = vgg_flax.load(path)
+    _, reference, _ = vgg_flax.load(vgg16_notop.files["legacy"])
     for name, layer in reference["params"].items():
         np.testing.assert_array_equal(variables["params"][name]["kernel"], layer["kernel"])
 
@@ -248,8 +250,8 @@ def test_convert_records_caffe_preprocessing(vgg16_notop, tmp_path):
     out = tmp_path / "ckpt"
     assert main(["convert", str(vgg16_notop.files["keras3"]), str(out)]) == 0
     variables, metadata = checkpoint.read_model(out)
-    assert metadata["preprocessing"] == "caffe" and metadata["arch"] == "D"
-    model, loaded = vgg_flax.load(out)
+    assert metadata["usage"]["preprocessing"]["name"] == "caffe" and metadata["arch"] == "D"
+    model, loaded, _ = vgg_flax.load(out)
     pool5 = run(model, loaded, vgg16_notop.images, "pool5")
     assert relative(pool5, vgg16_notop.outputs) < TOLERANCE
 
@@ -268,10 +270,10 @@ def test_registry_carries_keras_published_md5s():
     for depth, source in ((16, vgg16), (19, vgg19)):
         published = re.findall(r'file_hash="([0-9a-f]{32})"', inspect.getsource(source))
         entries = [weights.KERAS_WEIGHTS[f"vgg{depth}_caffe{s}"] for s in ("", "_notop")]
-        assert [entry.md5 for entry in entries] == published
+        assert [entry.source.md5 for entry in entries] == published
         urls = [source.WEIGHTS_PATH, source.WEIGHTS_PATH_NO_TOP]
-        assert [entry.url + entry.file for entry in entries] == urls
-        assert all(entry.preprocessing == "caffe" for entry in entries)
+        assert [entry.source.url for entry in entries] == urls
+        assert all(entry.preprocessing.name == "caffe" for entry in entries)
 
 
 def test_pretrained_vgg16_caffe_checks_md5(vgg16_top, tmp_path, monkeypatch):
@@ -279,7 +281,7 @@ def test_pretrained_vgg16_caffe_checks_md5(vgg16_top, tmp_path, monkeypatch):
     served.mkdir()
     entry = weights.KERAS_WEIGHTS["vgg16_caffe"]
     data = open(vgg16_top.files["legacy"], "rb").read()
-    (served / entry.file).write_bytes(data)
+    (served / entry.source.file).write_bytes(data)
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -291,12 +293,34 @@ def test_pretrained_vgg16_caffe_checks_md5(vgg16_top, tmp_path, monkeypatch):
         assert not any(cache.iterdir())
         md5 = hashlib.md5(data).hexdigest()
         monkeypatch.setitem(
-            weights.KERAS_WEIGHTS, "vgg16_caffe", entry.__class__(**{**entry.__dict__, "md5": md5})
+            weights.KERAS_WEIGHTS,
+            "vgg16_caffe",
+            dataclasses.replace(entry, source=dataclasses.replace(entry.source, md5=md5)),
         )
-        model, variables = vgg_flax.pretrained(
+        model, variables, _ = vgg_flax.pretrained(
             "vgg16_caffe", base_url=url, cache=cache, progress=False
         )
     finally:
         server.shutdown()
     assert model.arch == "D"
     assert relative(run(model, variables, vgg16_top.images), vgg16_top.outputs) < TOLERANCE
+
+
+def test_a_keras_trunk_gets_caffe_preprocessing_in_losses_and_lpips(vgg16_notop):
+    """A trunk passed by path is fed as its usage record says: Keras's own preprocess_input."""
+    from vgg_flax.perceptual.losses import perceptual_loss
+    from vgg_flax.perceptual.lpips import load_lpips
+
+    path = str(vgg16_notop.files["keras3"])
+    loss = perceptual_loss(trunk=path, content_layers={"pool5": 1.0})
+    assert loss.preprocessing == preprocessing.PRESETS["caffe"]
+    theirs = keras.applications.vgg16.preprocess_input(vgg16_notop.rgb * 255.0)
+    expected = keras.ops.convert_to_numpy(vgg16_notop.model(theirs))
+    ours = loss.features(vgg16_notop.rgb, ["pool5"])["pool5"]
+    assert relative(ours, expected) < TOLERANCE
+    metric = load_lpips("0.1", trunk=path)
+    assert metric.preprocessing == preprocessing.PRESETS["caffe"]
+    x = 2 * vgg16_notop.rgb - 1  # LPIPS takes [-1, 1]
+    fed = preprocessing.preprocess(x, metric.preprocessing, input_range=(-1.0, 1.0))
+    want = keras.applications.vgg16.preprocess_input((x + 1) * 127.5)
+    np.testing.assert_allclose(fed, want, atol=1e-3)

@@ -26,7 +26,7 @@ def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(tmp_
     with torch.no_grad():
         want = net(images).numpy()
     for source in (pth, net.state_dict()):
-        model, variables = vgg_flax.load(source)
+        model, variables, _ = vgg_flax.load(source)
         assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 7)
         assert isinstance(variables["params"]["fc8"]["kernel"], jax.Array)
         got = model.apply(variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
@@ -55,7 +55,7 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
     images = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
     variables = jax.jit(model.init)(jax.random.key(1), images)
     path = vgg_flax.save(tmp_path / "ckpt", model, variables, note="tiny")
-    loaded, restored = vgg_flax.load(path, dtype=jnp.bfloat16)
+    loaded, restored, _ = vgg_flax.load(path, dtype=jnp.bfloat16)
     assert vgg_flax.architecture(loaded) == vgg_flax.architecture(model)
     assert loaded.dtype == jnp.bfloat16 and loaded.pooling == "avg"
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(restored), strict=True):
@@ -65,20 +65,24 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
 
 
 def test_recorded_preprocessing_picks_the_evaluation_normalisation(tmp_path):
-    from experiments.evaluate import normalization
+    from experiments.evaluate import chosen_preprocessing
+    from vgg_flax.preprocessing import PRESETS, mean_rgb
+    from vgg_flax.weights.loading import read_usage
 
     model = vgg_flax.create_model("A", width=0.125, head_width=8, num_classes=3)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     trained = vgg_flax.save(tmp_path / "a", model, variables, preprocessing="torchvision")
-    older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing
+    older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing: torchvision's
     pth = tmp_path / "w.pth"
     torch.save(_vgg11_bn_net().state_dict(), pth)
-    assert vgg_flax.weights.loading.recorded_preprocessing(trained) == "torchvision"
-    assert normalization([trained], None) == "torchvision"
-    assert normalization([older], None) == "mean_rgb"
-    assert normalization([str(pth)], None) == "torchvision"
+    usages = {name: read_usage(path) for name, path in (("a", trained), ("b", older), ("p", pth))}
+    assert all(usage.preprocessing == PRESETS["torchvision"] for usage in usages.values())
+    assert chosen_preprocessing([usages["a"]], None) == PRESETS["torchvision"]
+    assert chosen_preprocessing([usages["p"], usages["b"]], None) == PRESETS["torchvision"]
     with pytest.warns(UserWarning, match="overrides the preprocessing"):
-        assert normalization([trained], "mean_rgb") == "mean_rgb"
+        assert chosen_preprocessing([usages["a"]], "caffe") == PRESETS["caffe"]
+    paper = vgg_flax.save(tmp_path / "m", model, variables, preprocessing=mean_rgb((1, 2, 3)))
+    assert read_usage(paper).preprocessing.mean == (1.0, 2.0, 3.0)  # the numbers are recorded
     caffe = vgg_flax.save(tmp_path / "c", model, variables, preprocessing="caffe")
     with pytest.raises(ValueError, match="record different preprocessing"):
-        normalization([trained, caffe], None)
+        chosen_preprocessing([usages["a"], read_usage(caffe)], None)

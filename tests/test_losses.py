@@ -168,13 +168,13 @@ def test_preset_total_gradient_and_options():
     assert abs(float(low_total) / float(total) - 1) < 5e-2
 
 
-def test_presets_and_errors():
-    assert losses.PRESETS["srgan"].content == (("relu5_4", 1.0),)
-    assert losses.PRESETS["esrgan"].content == (("conv5_4", 1.0),)
+def test_recipes_and_errors():
+    assert losses.RECIPES["srgan"].content == (("relu5_4", 1.0),)
+    assert losses.RECIPES["esrgan"].content == (("conv5_4", 1.0),)
     _, trunk = _trunks("vgg16")
     with pytest.raises(ValueError, match="conv5_4"):
         losses.perceptual_loss("esrgan", trunk=trunk)  # VGG-16 has no conv5_4
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown recipe"):
         losses.perceptual_loss("vgg54", trunk=trunk)
     with pytest.raises(ValueError, match="criterion"):
         losses.perceptual_loss(trunk=trunk, content_layers={"relu1_1": 1.0}, criterion="l3")

@@ -129,7 +129,7 @@ def test_model_logits_and_gradients_match_torchvision():
     logits_t = net(images).detach().numpy()
     grads_t = {k: p.grad.numpy() for k, p in net.named_parameters()}
 
-    model, variables = vgg_flax.load(net.state_dict(), "vgg11")
+    model, variables, _ = vgg_flax.load(net.state_dict(), "vgg11")
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
 
     def loss_fn(params):

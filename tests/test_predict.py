@@ -110,6 +110,14 @@ def test_predict_reads_input_size_and_class_names(photo_dir, tmp_path, capsys):
     np.testing.assert_allclose(
         [t["probability"] for t in found["top"]], np.sort(expected)[::-1][:5], atol=1e-5
     )
+    # The library call takes the same defaults from the usage record (36: the recorded resize).
+    metadata["eval_scale"] = 36
+    vgg_flax.save(tmp_path / "resized", model, variables, **metadata)
+    [prediction] = vgg_flax.predict([photo_dir], *vgg_flax.load(tmp_path / "resized"))
+    assert [name for _, name, _ in prediction.top] == [names[i] for i, _, _ in top_k(expected, 5)]
+    np.testing.assert_allclose(
+        [p for _, _, p in prediction.top], np.sort(expected)[::-1][:5], atol=1e-5
+    )
 
 
 def test_errors_name_the_problem(photo_dir, tmp_path, capsys):

@@ -36,9 +36,10 @@ def test_vgg16_features_preset_matches_the_registry():
     from vgg_flax.weights.registry import TORCHVISION_WEIGHTS
 
     entry = TORCHVISION_WEIGHTS["vgg16_features"]
-    expected = (RGB * entry.pixel_scale - np.asarray(entry.mean)) / np.asarray(entry.std)
+    expected = RGB * 255.0 - np.asarray([123.0, 117.0, 104.0])  # amdegroot's SSD means
     np.testing.assert_allclose(preprocessing.preprocess(RGB, "vgg16_features"), expected, atol=1e-4)
-    assert entry.preprocessing == "vgg16_features"
+    assert entry.preprocessing == preprocessing.PRESETS["vgg16_features"]
+    assert entry.features_only
 
 
 @pytest.fixture(scope="module")

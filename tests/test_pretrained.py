@@ -117,13 +117,14 @@ def test_pretrained_downloads_and_converts(server, cache, monkeypatch):
     path = served / "models" / "tmp.pth"
     torch.save(state, path)
     name = _publish(served / "models", "vgg11", path.read_bytes())
-    entry = dataclasses.replace(weights.TORCHVISION_WEIGHTS["vgg11"], file=name)
+    entry = weights.TORCHVISION_WEIGHTS["vgg11"]
+    entry = dataclasses.replace(entry, source=dataclasses.replace(entry.source, file=name))
     monkeypatch.setitem(weights.TORCHVISION_WEIGHTS, "vgg11", entry)
-    model, variables = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
+    model, variables, _ = vgg_flax.pretrained("vgg11", base_url=url, cache=cache, progress=False)
     assert (model.arch, model.batch_norm, model.num_classes) == ("A", False, 1000)
     fc8 = variables["params"]["fc8"]
     np.testing.assert_array_equal(fc8["bias"], state["classifier.6.bias"].numpy())
     assert fc8["kernel"].shape == (1, 1, 4096, 1000) and fc8["kernel"].dtype == np.float16
     np.testing.assert_array_equal(fc8["kernel"][0, 0, 7], state["classifier.6.weight"][:, 7])
-    with pytest.raises(ValueError, match="no torchvision weights named 'vgg12'"):
+    with pytest.raises(ValueError, match="no pretrained weights named 'vgg12'"):
         vgg_flax.pretrained("vgg12", cache=cache)

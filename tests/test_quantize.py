@@ -35,7 +35,7 @@ NEAR_TIE = 0.2  # logits: top-1 margins under this are near ties
 def digits(digits_run, tmp_path_factory):
     """(model, variables, test images, calibration folder) of the digits demo's model."""
     workdir, _ = digits_run
-    model, variables = vgg_flax.load(workdir / "model")
+    model, variables, _ = vgg_flax.load(workdir / "model")
     arrays = digits_arrays(SIZE)
     folder = tmp_path_factory.mktemp("calibration")
     for i, image in enumerate(arrays["train"][0][:64]):

@@ -133,7 +133,7 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     config = json.loads((run / "config.json").read_text())  # the run's full config
     assert config["arch"] == "A" and config["width"] == 0.125
     assert json.loads((run / "summary.json").read_text())["step"] == 6
-    model, variables = vgg_flax.load(run / "model")
+    model, variables, _ = vgg_flax.load(run / "model")
     assert model.arch == "A" and model.batch_norm and model.width == 0.125
     np.testing.assert_array_equal(
         variables["params"]["fc8"]["kernel"], want["params"]["fc8"]["kernel"]
@@ -200,5 +200,5 @@ def test_two_hosts_on_loopback_train_one_model(tmp_path):
     assert summaries[0]["step"] == summaries[1]["step"] == 4
     assert summaries[0]["eval"] == summaries[1]["eval"]  # both hosts see the same global result
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
-    model, variables = vgg_flax.load(tmp_path / "model")
+    model, variables, _ = vgg_flax.load(tmp_path / "model")
     assert model.arch == "A" and variables["params"]["fc8"]["kernel"].shape[-1] == 10

@@ -17,6 +17,8 @@ _EXPORTS = {
     "to_torchvision": "vgg_flax.formats.torchvision",
     "from_caffe": "vgg_flax.formats.caffe",
     "from_keras": "vgg_flax.formats.keras",
+    "Loaded": "vgg_flax.weights.loading",
+    "Usage": "vgg_flax.weights.usage",
     "load": "vgg_flax.weights.loading",
     "save": "vgg_flax.weights.loading",
     "PerceptualLoss": "vgg_flax.perceptual.losses",
@@ -48,7 +50,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from vgg_flax.perceptual.lpips import LPIPS, load_lpips
     from vgg_flax.weights.download import pretrained
     from vgg_flax.weights.factory import list_models, list_pretrained
-    from vgg_flax.weights.loading import load, save
+    from vgg_flax.weights.loading import Loaded, load, save
+    from vgg_flax.weights.usage import Usage
 
 
 def __getattr__(name: str):
@@ -69,9 +72,11 @@ __version__ = _version("vgg-flax")
 __all__ = [
     "ARCHS",
     "LPIPS",
+    "Loaded",
     "TABLE2_MILLIONS",
     "TORCHVISION_ARCHS",
     "PerceptualLoss",
+    "Usage",
     "VGG",
     "__version__",
     "activation_names",

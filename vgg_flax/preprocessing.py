@@ -1,14 +1,16 @@
 """Input constants: image sizes, the colour statistics and normalisations of each weight family.
 
 Plain numbers (no TensorFlow), shared by the input pipeline, the weight registry and the parity
-tool; docs/paper.md gives their sources. `PRESETS` names each weight family's input convention;
-`preprocess` applies one, `fold_preprocessing` moves what folds exactly into conv1_1.
+tool; docs/paper.md gives their sources. `Preset` is the one preprocessing vocabulary (channel
+order, value range, mean, std, resize, crop, interpolation); `PRESETS` names each weight family's,
+`mean_rgb` makes the paper's (0-255 minus a mean pixel); `preprocess` applies one (numpy, JAX or
+TensorFlow), `fold_preprocessing` moves what folds exactly into conv1_1.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +45,14 @@ VGG16_FEATURES_MEAN_RGB = (123.0, 117.0, 104.0)
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """How one family of weights wants its input, starting from RGB images with values in [0, 1].
+    """How one set of weights wants its input: the one preprocessing vocabulary of vgg-flax.
 
-    Channel c of `channel_order` ("RGB" or "BGR") reaches the network as
-    `(lo + (hi - lo) * x - mean[c]) / std[c]`, x that channel's value in [0, 1] and
-    `(lo, hi) = value_range`; `mean` and `std` are in `channel_order` and in value_range units.
+    Geometry (test time): the smaller side is rescaled to `resize` (`interpolation`, antialiased
+    as PIL and torchvision do it), then the central `crop` x `crop` window is taken; None leaves
+    the image as it is (LPIPS). Values: from RGB images with values in [0, 1], channel c of
+    `channel_order` ("RGB" or "BGR") reaches the network as `(lo + (hi - lo) * x - mean[c]) /
+    std[c]`, x that channel's value and `(lo, hi) = value_range`; `mean` and `std` are in
+    `channel_order` and in value_range units. `preprocess` applies it (numpy, JAX or TensorFlow).
     """
 
     name: str
@@ -55,20 +60,60 @@ class Preset:
     value_range: tuple[float, float]
     mean: tuple[float, float, float]
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: int | None = TORCHVISION_RESIZE
+    crop: int | None = CROP_SIZE
+    interpolation: str = "bilinear"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (lists for tuples), read back by `Preset.from_json`."""
+        return {
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            for value in (getattr(self, field.name),)
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Preset:
+        """The preset `to_json` wrote; ValueError naming what is missing or wrong."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(record) - known
+        if unknown or not {"name", "channel_order", "value_range", "mean"} <= set(record):
+            raise ValueError(
+                f"preprocessing record {dict(record)!r} is not a preset: it needs name, "
+                f"channel_order, value_range and mean (and may have {', '.join(sorted(known))})"
+            )
+        values = dict(record)
+        for key in ("value_range", "mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        preset = cls(**values)
+        _check_order(preset)
+        return preset
+
+
+def mean_rgb(
+    mean: Sequence[float], *, resize: int | None = TORCHVISION_RESIZE, crop: int | None = CROP_SIZE
+) -> Preset:
+    """The paper's input (section 2.1): RGB in 0-255 minus a mean pixel `mean` (RGB), no std."""
+    return Preset(
+        "mean_rgb", "RGB", (0.0, 255.0), tuple(float(v) for v in mean), resize=resize, crop=crop
+    )
 
 
 PRESETS: dict[str, Preset] = {
     "torchvision": Preset("torchvision", "RGB", (0.0, 1.0), TORCHVISION_MEAN, TORCHVISION_STD),
     "caffe": Preset("caffe", "BGR", (0.0, 255.0), CAFFE_MEAN_BGR),
-    "lpips": Preset("lpips", "RGB", (-1.0, 1.0), LPIPS_SHIFT, LPIPS_SCALE),
+    "lpips": Preset("lpips", "RGB", (-1.0, 1.0), LPIPS_SHIFT, LPIPS_SCALE, None, None),
     "vgg16_features": Preset("vgg16_features", "RGB", (0.0, 255.0), VGG16_FEATURES_MEAN_RGB),
 }
 
 
-def get_preset(preset: str | Preset) -> Preset:
-    """The preset named `preset` (a key of PRESETS), or `preset` itself."""
+def get_preset(preset: str | Preset | Mapping[str, Any]) -> Preset:
+    """The preset named `preset` (a key of PRESETS), read from its JSON form, or `preset` itself."""
     if isinstance(preset, Preset):
         return preset
+    if isinstance(preset, Mapping):
+        return Preset.from_json(preset)
     if preset not in PRESETS:
         raise ValueError(
             f"unknown preprocessing preset {preset!r}; choose one of {', '.join(PRESETS)}"
@@ -76,14 +121,30 @@ def get_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
-def preprocess(images: Any, preset: str | Preset) -> Any:
-    """Network input from RGB `images` in [0, 1] (channels last; numpy or JAX) for `preset`."""
+def preprocess(
+    images: Any, preset: str | Preset, *, input_range: tuple[float, float] = (0.0, 1.0)
+) -> Any:
+    """Network input from RGB `images` with values in `input_range` (channels last) for `preset`.
+
+    The one function that normalises images, for numpy, JAX and TensorFlow arrays alike: the
+    input pipeline calls it on 0-255 tensors (`input_range=(0, 255)`), LPIPS on [-1, 1] images.
+    """
     preset = get_preset(preset)
     _check_order(preset)
     lo, hi = preset.value_range
+    in_lo, in_hi = input_range
     x = images[..., ::-1] if preset.channel_order == "BGR" else images
+    if (in_lo, in_hi) != (lo, hi):
+        if in_lo:
+            x = x - np.float32(in_lo)
+        # Multiply or divide by whichever factor is exact, so that torchvision's x / 255 and
+        # Caffe's x * 255 are computed exactly as their own code computes them.
+        span, in_span = hi - lo, in_hi - in_lo
+        x = x * np.float32(span / in_span) if span >= in_span else x / np.float32(in_span / span)
+        if lo:
+            x = x + np.float32(lo)
     mean, std = np.asarray(preset.mean, np.float32), np.asarray(preset.std, np.float32)
-    return (x * np.float32(hi - lo) + np.float32(lo) - mean) / std
+    return (x - mean) / std
 
 
 def fold_preprocessing(
@@ -110,14 +171,21 @@ def fold_preprocessing(
     bias = np.asarray(params["conv1_1"]["bias"])
     folded = np.empty_like(kernel, dtype=np.float64)
     folded[:, :, order, :] = kernel.astype(np.float64) * factor[None, None, :, None]
-    mean_rgb = np.empty(3)
-    mean_rgb[order] = mean_01
+    mean_in_rgb = np.empty(3)
+    mean_in_rgb[order] = mean_01
     if mean:
-        bias = bias - np.einsum("hwio,i->o", folded, mean_rgb)
-        mean_rgb = np.zeros(3)
+        bias = bias - np.einsum("hwio,i->o", folded, mean_in_rgb)
+        mean_in_rgb = np.zeros(3)
     conv = {"kernel": folded.astype(kernel.dtype), "bias": np.asarray(bias, kernel.dtype)}
     new = {**variables, "params": {**params, "conv1_1": conv}}
-    residual = Preset(f"{preset.name}-folded", "RGB", (0.0, 1.0), tuple(float(m) for m in mean_rgb))
+    residual = dataclasses.replace(
+        preset,
+        name=f"{preset.name}-folded",
+        channel_order="RGB",
+        value_range=(0.0, 1.0),
+        mean=tuple(float(m) for m in mean_in_rgb),
+        std=(1.0, 1.0, 1.0),
+    )
     return new, residual
 
 

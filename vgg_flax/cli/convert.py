@@ -1,12 +1,13 @@
 """`vgg-flax convert`: a torchvision `.pth`, Keras `.h5` or Caffe `.caffemodel` to a checkpoint.
 
-The checkpoint records the input convention its weights expect (metadata "preprocessing", a key
-of `vgg_flax.preprocessing.PRESETS`).
+The checkpoint records the weights' usage record (`vgg_flax.weights.usage`): the input
+preprocessing with its numbers, the input size and, for ImageNet weights, the class names.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from vgg_flax.cli import add_subcommand
@@ -22,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "convert torchvision (.pth), Keras (.h5) or Caffe weights to a vgg-flax checkpoint",
         "Convert a torchvision .pth, a Keras .h5 or a Caffe .caffemodel VGG into an Orbax "
         "checkpoint directory that "
-        "vgg_flax.load(OUT_DIR) reads back as (model, variables).",
+        "vgg_flax.load(OUT_DIR) reads back as (model, variables, usage).",
     )
     parser.add_argument(
         "arch",
@@ -45,22 +46,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert args.pth and write the checkpoint with its architecture recorded beside it."""
-    from vgg_flax.classes import imagenet_classes
-    from vgg_flax.formats import preset_for_file
-    from vgg_flax.preprocessing import CROP_SIZE
+    """Convert args.pth and write the checkpoint with its usage record beside it."""
     from vgg_flax.weights.atomic import check_output
     from vgg_flax.weights.loading import load, save
+    from vgg_flax.weights.usage import Source
 
     check_output(args.out_dir, new=True)  # before seconds of reading and converting
-    model, variables = load(args.pth, args.arch, head=args.head)
+    model, variables, usage = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
-    source, preset = os.path.basename(args.pth), preset_for_file(args.pth)
-    # Published weights are ImageNet's, at 224x224: recorded so evaluate and predict need no flags.
-    usage = {"preprocessing": preset, "input_size": CROP_SIZE}
-    if has_head and model.num_classes == 1000:
-        usage["class_names"] = imagenet_classes()
-    path = save(args.out_dir, model, variables, source=source, **usage)
+    # The usage record (preprocessing with its numbers, input size, ImageNet's class names for
+    # published weights) travels with the weights, so evaluate and predict need no flags.
+    if usage.source is None:
+        usage = dataclasses.replace(usage, source=Source(file=os.path.basename(args.pth)))
+    path = save(args.out_dir, model, variables, usage)
     label = args.arch or f"VGG {model.arch}"
+    preset = usage.preprocessing.name
     print(f"wrote {label} ({'with' if has_head else 'without'} head, {preset} input) to {path}")
     return 0

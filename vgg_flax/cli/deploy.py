@@ -69,7 +69,7 @@ def check_quantize_options(args: argparse.Namespace) -> None:
 
 
 def quantized(
-    args: argparse.Namespace, model: Any, variables: Any, preprocessing: str, input_size: int
+    args: argparse.Namespace, model: Any, variables: Any, preprocessing: Any, input_size: int
 ) -> tuple[Any, Any]:
     """(model, variables) quantised as args say (unchanged without --quantize)."""
     if args.quantize is None:
@@ -93,11 +93,13 @@ def needs_deploy_export(args: argparse.Namespace, size: int | tuple[int, int]) -
 
 
 def run_export(
-    args: argparse.Namespace, size: int | tuple[int, int], platforms: tuple[str, ...]
+    args: argparse.Namespace,
+    loaded: Any,
+    size: int | tuple[int, int],
+    platforms: tuple[str, ...],
 ) -> int:
     """`vgg-flax export` to ONNX, or of a quantised model to any format; options checked first."""
     from vgg_flax.inference import export
-    from vgg_flax.weights import loading as loader
     from vgg_flax.weights.atomic import check_output
 
     check_quantize_options(args)
@@ -112,16 +114,14 @@ def run_export(
     else:
         onnx.check_options("classify", size)  # the same least size (32) as every export
         check_output(args.out, new=args.format == "savedmodel")
-    recorded = loader.recorded_metadata(args.source)
-    preprocessing = loader.recorded_preprocessing(args.source)
-    model, variables = loader.load(args.source)
-    trained = recorded.get("input_size", 224)
-    model, variables = quantized(args, model, variables, preprocessing or "torchvision", trained)
+    model, variables, usage = loaded
+    preprocessing = usage.preprocessing
+    model, variables = quantized(args, model, variables, preprocessing, usage.input_size)
     if args.format == "onnx":
         metadata = onnx.usage_metadata(
             preprocessing,
-            recorded.get("class_names"),
-            input_size=recorded.get("input_size"),
+            usage.class_names,
+            input_size=usage.input_size,
             quantize=args.quantize,
         )
         onnx.to_onnx(

@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=deploy.image_size,
         default=None,
-        help="input side, or HxW for --format onnx (default: the checkpoint's recorded input "
-        "size, else 224)",
+        help="input side, or HxW for --format onnx (default: the weights' recorded input size, "
+        "their crop: 224 unless trained smaller)",
     )
     deploy.add_onnx_options(parser)
     parser.add_argument(
@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from vgg_flax.weights import loading as loader
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-    image_size = args.image_size or loader.recorded_metadata(args.source).get("input_size", 224)
+    model, variables, usage = loader.load(args.source)
+    image_size = args.image_size or usage.input_size
     if deploy.needs_deploy_export(args, image_size):  # ONNX, quantised, HxW
-        return deploy.run_export(args, image_size, platforms)
-    model, variables = loader.load(args.source)
+        return deploy.run_export(args, (model, variables, usage), image_size, platforms)
     if args.format == "stablehlo":
         export.export_stablehlo(
             model, variables, args.out, image_size=image_size, platforms=platforms

@@ -1,11 +1,11 @@
 """`vgg-flax predict IMAGE...`: the top-5 classes of photos, with names and probabilities.
 
 --weights is a name of `vgg_flax.list_pretrained()` (downloaded once), a torchvision `.pth`
-file, a Keras `.h5`, a Caffe `.caffemodel` or a vgg-flax checkpoint directory. The input
-preprocessing is the one the weights recorded (the registry's, or the checkpoint's); a
---preprocessing that contradicts it is used, with a warning. Classes are named from the
-checkpoint's recorded class names, else ImageNet's for 1000-class models; a network trained on
-crops under 224 (its checkpoint's "input_size") is evaluated at that size.
+file, a Keras `.h5`, a Caffe `.caffemodel` or a vgg-flax checkpoint directory. Everything else
+comes from the weights' usage record (`vgg_flax.load`'s third value: the registry's, the
+checkpoint's or the file format's): the input preprocessing with its numbers, the test scale
+(its resize), the input size (its crop: a network trained on 32x32 digits is evaluated at 32)
+and the class names. A --preprocessing or --scales that contradicts it is used, with a warning.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from vgg_flax.cli import add_subcommand, deploy
 from vgg_flax.evaluate.protocols import PROTOCOLS
 from vgg_flax.models.arch import TORCHVISION_ARCHS
-from vgg_flax.preprocessing import CROP_SIZE, PRESETS, TORCHVISION_RESIZE
+from vgg_flax.preprocessing import PRESETS, TORCHVISION_RESIZE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,9 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--scales",
         nargs="+",
         type=int,
-        default=[TORCHVISION_RESIZE],
+        default=None,
         metavar="Q",
-        help="test scales: the smaller side of the image (one for 'center')",
+        help="test scales: the smaller side of the image (one for 'center'); default: the "
+        f"weights' recorded resize (torchvision's: {TORCHVISION_RESIZE})",
     )
     parser.add_argument(
         "--preprocessing",
@@ -66,24 +67,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def load_weights(source: str, arch: str | None) -> tuple[Any, Any, str | None, dict[str, Any]]:
-    """(model, variables, recorded preset, recorded metadata) of a weights source."""
-    from vgg_flax.weights.factory import list_pretrained, pretrained_entry
+def load_weights(source: str, arch: str | None) -> Any:
+    """`(model, variables, usage)` of a weights source: a pretrained name, a file or a folder."""
+    from vgg_flax.weights.factory import list_pretrained
 
     if source in list_pretrained() and not os.path.exists(source):
         from vgg_flax.weights.download import pretrained
 
-        model, variables = pretrained(source, head="keep")
-        return model, variables, pretrained_entry(source).preprocessing, {}
+        return pretrained(source, head="keep")
     if not os.path.exists(source):
         raise ValueError(
             f"--weights {source}: no such file or folder, and not a pretrained name "
             f"({', '.join(list_pretrained())})"
         )
-    from vgg_flax.weights.loading import load, recorded_metadata, recorded_preprocessing
+    from vgg_flax.weights.loading import load
 
-    model, variables = load(source, arch, head="keep")
-    return model, variables, recorded_preprocessing(source), recorded_metadata(source)
+    return load(source, arch, head="keep")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,30 +95,35 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     files = image_files(args.images)  # before seconds of loading weights
     deploy.check_quantize_options(args)
-    model, variables, recorded, metadata = load_weights(args.weights, args.arch)
-    preset = args.preprocessing or recorded or "torchvision"
-    if args.preprocessing and recorded and args.preprocessing != recorded:
+    model, variables, usage = load_weights(args.weights, args.arch)
+    recorded = usage.preprocessing
+    if args.preprocessing and args.preprocessing != recorded.name:
         print(
-            f"warning: --preprocessing {args.preprocessing} contradicts the {recorded!r} "
+            f"warning: --preprocessing {args.preprocessing} contradicts the {recorded.name!r} "
             f"preprocessing {args.weights} recorded; using {args.preprocessing}",
             file=sys.stderr,
         )
-    if "fc8" not in variables["params"]:
+    if args.scales and args.protocol == "center" and args.scales != [usage.eval_scale]:
+        print(
+            f"warning: --scales {' '.join(map(str, args.scales))} differs from the resize "
+            f"{usage.eval_scale} {args.weights} recorded",
+            file=sys.stderr,
+        )
+    if usage.features_only or "fc8" not in variables["params"]:
         raise ValueError(f"{args.weights} has no classifier (features only): nothing to predict")
-    input_size = metadata.get("input_size") or CROP_SIZE
-    model, variables = deploy.quantized(args, model, variables, preset, input_size)
+    preset = args.preprocessing or recorded
+    model, variables = deploy.quantized(args, model, variables, preset, usage.input_size)
     predictions = predict(
         files,
         model,
         variables,
+        usage,
         top=args.top,
-        class_names=metadata.get("class_names"),
-        preprocessing=preset,
+        preprocessing=args.preprocessing if args.preprocessing != recorded.name else None,
         protocol=args.protocol,
         scales=args.scales,
         flips=not args.no_flips,
         batch_size=args.batch_size,
-        input_size=input_size,
     )
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,9 @@ import numpy as np
 
 from vgg_flax import preprocessing
 
-NORMALIZE_MODES = ("mean_rgb", "torchvision", "caffe")
+# The input normalisation: "mean_rgb" (the paper's: 0-255 minus the data's mean pixel, `mean_rgb`)
+# or any preset of `vgg_flax.preprocessing.PRESETS`; `preprocessing_for` gives it with its numbers.
+NORMALIZE_MODES = ("mean_rgb", *preprocessing.PRESETS)
 CORRUPT_MODES = ("error", "skip")
 
 
@@ -68,6 +71,48 @@ def resolve(data_config: Mapping[str, Any] | ml_collections.ConfigDict | None) -
         tuple(r) for r in (cfg["pca_eigvec"] or preprocessing.IMAGENET_PCA_EIGVEC)
     )
     return cfg
+
+
+def valid_fields(data_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `data_config` that are data options (those of `default_config`)."""
+    known = set(default_config())
+    return {key: value for key, value in data_config.items() if key in known}
+
+
+def preprocessing_for(
+    data_config: Mapping[str, Any] | ml_collections.ConfigDict | None,
+) -> preprocessing.Preset:
+    """The input preprocessing a data config feeds a network, with its numbers.
+
+    Its `normalize` mode with the data's mean ("mean_rgb"), the test resize (`eval_scale`) and
+    the crop (`crop_size`): what a training run records for using its model, and what the input
+    pipeline applies (`vgg_flax.preprocessing.preprocess`).
+    """
+    cfg = resolve(data_config)
+    resize, crop = int(cfg["eval_scale"]), int(cfg["crop_size"])
+    if cfg["normalize"] == "mean_rgb":
+        return preprocessing.mean_rgb(cfg["mean_rgb"], resize=resize, crop=crop)
+    preset = preprocessing.PRESETS[cfg["normalize"]]
+    return dataclasses.replace(preset, resize=resize, crop=crop)
+
+
+def normalize_options(preset: preprocessing.Preset) -> dict[str, Any]:
+    """The data options (`normalize`, `mean_rgb`) whose `preprocessing_for` values are `preset`'s.
+
+    The inverse of `preprocessing_for` for pixel values (the geometry is the protocol's). Raises
+    ValueError for a preset the pipeline has no name for (neither mean_rgb nor one of PRESETS).
+    """
+    values = (preset.channel_order, preset.value_range, preset.mean, preset.std)
+    mean_rgb = preprocessing.mean_rgb(preset.mean)
+    if values == (mean_rgb.channel_order, mean_rgb.value_range, mean_rgb.mean, mean_rgb.std):
+        return {"normalize": "mean_rgb", "mean_rgb": tuple(preset.mean)}
+    for name, known in preprocessing.PRESETS.items():
+        if values == (known.channel_order, known.value_range, known.mean, known.std):
+            return {"normalize": name}
+    raise ValueError(
+        f"the input pipeline cannot apply preprocessing {preset}: it takes mean_rgb or one of "
+        f"{', '.join(preprocessing.PRESETS)}"
+    )
 
 
 def train_scale(cfg: Mapping[str, Any]) -> int | tuple[int, int]:

@@ -58,6 +58,7 @@ def source_for(cfg: Mapping[str, Any]) -> sources.Source:
 def _train_transform(cfg: Mapping[str, Any], seed: int, host: int):
     base_seed = tf.constant([seed, host], tf.int64)
     scale = config_lib.train_scale(cfg)
+    preset = config_lib.preprocessing_for(cfg)
 
     def transform(ex):
         key = tf.random.experimental.stateless_fold_in(base_seed, ex["position"])
@@ -70,15 +71,17 @@ def _train_transform(cfg: Mapping[str, Any], seed: int, host: int):
             image = preprocess.pca_lighting(
                 image, light_key, cfg["pca_lighting"], cfg["pca_eigval"], cfg["pca_eigvec"]
             )
-        return _output(ex, preprocess.normalize(image, cfg["normalize"], cfg["mean_rgb"]))
+        return _output(ex, preprocess.normalize(image, preset))
 
     return transform
 
 
 def _eval_transform(cfg: Mapping[str, Any], plan: preprocess.Plan):
+    preset = config_lib.preprocessing_for(cfg)
+
     def transform(ex):
         image = preprocess.scaled_crop(ex["image"], plan)
-        return _output(ex, preprocess.normalize(image, cfg["normalize"], cfg["mean_rgb"]))
+        return _output(ex, preprocess.normalize(image, preset))
 
     return transform
 

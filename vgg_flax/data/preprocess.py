@@ -267,13 +267,9 @@ def pca_lighting(
     return image + 255.0 * shift
 
 
-def normalize(image: tf.Tensor, mode: str, mean_rgb: Sequence[float]) -> tf.Tensor:
-    """RGB 0-255 -> network input: "mean_rgb" (minus mean), "torchvision", or "caffe" (BGR)."""
-    if mode == "mean_rgb":
-        return image - tf.constant(mean_rgb, tf.float32)
-    if mode == "torchvision":
-        mean = tf.constant(preprocessing.TORCHVISION_MEAN, tf.float32)
-        return (image / 255.0 - mean) / tf.constant(preprocessing.TORCHVISION_STD, tf.float32)
-    if mode == "caffe":
-        return image[..., ::-1] - tf.constant(preprocessing.CAFFE_MEAN_BGR, tf.float32)
-    raise ValueError(f"normalize={mode!r}: use 'mean_rgb', 'torchvision' or 'caffe'")
+def normalize(image: tf.Tensor, preset: preprocessing.Preset) -> tf.Tensor:
+    """RGB 0-255 -> network input for `preset` (`vgg_flax.preprocessing.preprocess` on tf).
+
+    `vgg_flax.data.config.preprocessing_for` gives a data config's preset.
+    """
+    return preprocessing.preprocess(image, preset, input_range=(0.0, 255.0))

@@ -13,7 +13,6 @@ of the whole split with each image counted once.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -28,19 +27,18 @@ from vgg_flax.evaluate.protocols import PROTOCOLS, evaluate, scorer, view_size
 from vgg_flax.models.arch import NETWORK_STRIDE
 
 
-def load_network(
-    path: str | os.PathLike, arch: str | None = None, input_size: int | None = None
-) -> Scorer:
-    """A scorer for a vgg-flax checkpoint directory or a torchvision `.pth` file.
+def load_network(source: Any, arch: str | None = None, input_size: int | None = None) -> Scorer:
+    """A scorer for weights: a `vgg_flax.load` source, or what it returned (model, variables,
+    usage).
 
     `arch` names a `.pth` file's architecture (default: inferred from its tensors' shapes).
-    `input_size` is the crop size the network was trained at (default: what its checkpoint
-    records, else 224); networks trained below 224 are scored at their size (`protocols.scorer`).
+    `input_size` is the crop size the network was trained at (default: its usage record's);
+    networks trained below 224 are scored at their size (`protocols.scorer`).
     """
-    from vgg_flax.weights.loading import load, recorded_metadata
+    from vgg_flax.weights.loading import Loaded, load
 
-    size = input_size or recorded_metadata(path).get("input_size") or preprocessing.CROP_SIZE
-    return scorer(*load(path, arch, head="keep"), input_size=size)
+    loaded = source if isinstance(source, Loaded) else load(source, arch, head="keep")
+    return scorer(loaded.model, loaded.variables, input_size=input_size or loaded.usage.input_size)
 
 
 def dataset_examples(

@@ -89,7 +89,7 @@ def check_options(
 
 
 def usage_metadata(
-    preprocessing: str | None = None,
+    preprocessing: Any = None,
     class_names: Sequence[str] | None = None,
     **more: Any,
 ) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def usage_metadata(
 
     found: dict[str, Any] = {}
     if preprocessing is not None:
-        found["preprocessing"] = dataclasses.asdict(get_preset(preprocessing))
+        found["preprocessing"] = get_preset(preprocessing).to_json()
     if class_names is not None:
         found["class_names"] = list(class_names)
     return found | {key: value for key, value in more.items() if value is not None}

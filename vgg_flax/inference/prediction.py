@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vgg_flax.preprocessing import CROP_SIZE, TORCHVISION_RESIZE, Preset, preprocess
+from vgg_flax.preprocessing import CROP_SIZE, TORCHVISION_RESIZE, Preset, get_preset, preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -53,15 +53,23 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     return found
 
 
-def resize_smaller_side(image: Any, size: int) -> Any:
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def resize_smaller_side(image: Any, size: int, interpolation: str = "bilinear") -> Any:
     """A PIL image with its smaller side `size`, as torchvision's `Resize(size)` (bilinear)."""
     from PIL import Image
 
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}"
+        )
     width, height = image.size
     short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)  # torchvision truncates the longer side
     new = (size, new_long) if width <= height else (new_long, size)
-    return image if new == (width, height) else image.resize(new, Image.Resampling.BILINEAR)
+    method = getattr(Image.Resampling, interpolation.upper())
+    return image if new == (width, height) else image.resize(new, method)
 
 
 def center_crop(image: Any, size: int = CROP_SIZE) -> Any:
@@ -95,8 +103,9 @@ def load_views(
     if protocol == "center" and len(scales) != 1:
         raise ValueError(f"protocol 'center' takes one scale (the resize), got {list(scales)}")
     views = {}
+    preset = get_preset(preset)
     for scale in scales:
-        resized = resize_smaller_side(image, int(scale))
+        resized = resize_smaller_side(image, int(scale), preset.interpolation)
         if protocol == "center":
             resized = center_crop(resized, crop)
         pixels = np.asarray(resized, np.float32) / np.float32(255.0)
@@ -140,13 +149,19 @@ def top_k(
     return tuple((int(i), names[i], float(posterior[i])) for i in order)
 
 
-def class_names_for(num_classes: int, recorded: Sequence[str] | None = None) -> list[str] | None:
-    """`recorded` names when given, ImageNet's for 1000 classes, else None (numbered classes)."""
+def class_names_for(
+    num_classes: int, recorded: Sequence[str] | None = None, *, imagenet: bool = True
+) -> list[str] | None:
+    """`recorded` names when given, else ImageNet's for 1000 classes (with `imagenet`), else None.
+
+    None: the classes are numbered. A usage record names its classes itself, so predictions
+    from one pass `imagenet=False`.
+    """
     if recorded:
         if len(recorded) != num_classes:
             raise ValueError(f"{len(recorded)} class names recorded for {num_classes} classes")
         return list(recorded)
-    if num_classes == 1000:
+    if num_classes == 1000 and imagenet:
         from vgg_flax.classes import imagenet_classes
 
         return imagenet_classes()
@@ -157,20 +172,41 @@ def predict(
     images: Sequence[str | os.PathLike],
     model: Any,
     variables: Mapping[str, Any],
+    usage: Any = None,
     *,
     top: int = 5,
     class_names: Sequence[str] | None = None,
+    preprocessing: str | Preset | None = None,
+    scales: Sequence[int] | None = None,
+    input_size: int | None = None,
     **options: Any,
 ) -> list[Prediction]:
     """Top-`top` classes of each image file (folders: their images) with names and probabilities.
 
-    `options` are `posteriors`'s: preprocessing (a preset of `vgg_flax.preprocessing.PRESETS`,
-    default "torchvision"), protocol ("center", "dense", "multicrop", "dense+multicrop"),
-    scales, flips, batch_size, input_size. Class names default to ImageNet's for 1000-class models.
+    `usage` (a `vgg_flax.weights.usage.Usage`, as `vgg_flax.load` and `vgg_flax.pretrained`
+    return it: `predict(files, *vgg_flax.load(path))`) sets the defaults: its preprocessing, its
+    resize as the test scale, its crop as the input size and its class names. Given, the keywords
+    override it: `preprocessing` (a `Preset` or a name of `vgg_flax.preprocessing.PRESETS`),
+    `scales`, `input_size`, `class_names`. Without a record: torchvision's preprocessing at 256
+    and 224, ImageNet's names for 1000-class models. `options` are `posteriors`'s: protocol
+    ("center", "dense", "multicrop", "dense+multicrop"), flips, batch_size.
     """
     files = image_files(images)
-    names = class_names_for(model.num_classes, class_names)
-    probabilities = posteriors(model, variables, files, **options)
+    if usage is not None:
+        preprocessing = preprocessing or usage.preprocessing
+        scales = scales or [usage.eval_scale]
+        input_size = input_size or usage.input_size
+        class_names = class_names or usage.class_names
+    names = class_names_for(model.num_classes, class_names, imagenet=usage is None)
+    probabilities = posteriors(
+        model,
+        variables,
+        files,
+        preprocessing=preprocessing or "torchvision",
+        scales=scales or (TORCHVISION_RESIZE,),
+        input_size=input_size or CROP_SIZE,
+        **options,
+    )
     return [Prediction(f, top_k(p, top, names)) for f, p in zip(files, probabilities, strict=True)]
 
 

@@ -60,7 +60,7 @@ def check_calibration_folder(folder: str | os.PathLike) -> list[str]:
 
 def calibration_images(
     folder: str | os.PathLike,
-    preprocessing: str = "torchvision",
+    preprocessing: Any = "torchvision",
     input_size: int = 224,
     limit: int | None = 256,
 ) -> np.ndarray:
@@ -267,7 +267,7 @@ def quantize_source(
     variables: Mapping[str, Any],
     mode: str,
     folder: str | None,
-    preprocessing: str = "torchvision",
+    preprocessing: Any = "torchvision",
     input_size: int = 224,
 ) -> tuple[QuantizedModel, dict[str, Any]]:
     """`quantize` with the calibration images read from `folder` (the CLIs' --calibrate)."""
@@ -291,23 +291,14 @@ def layers_quantized(variables: Mapping[str, Any]) -> Sequence[str]:
 
 
 def quantized_network(
-    path: str | os.PathLike,
-    arch: str | None,
-    input_size: int | None,
-    mode: str,
-    folder: str | None,
-    preprocessing: str,
+    network: Any, input_size: int | None, mode: str, folder: str | None, preprocessing: Any
 ) -> Any:
-    """`vgg_flax.evaluate.runner.load_network`'s scorer of a checkpoint, quantised first."""
+    """`vgg_flax.evaluate.runner.load_network`'s scorer of loaded weights (`vgg_flax.load`'s
+    `(model, variables, usage)`), quantised first; calibration images read with `preprocessing`."""
     from vgg_flax.evaluate.protocols import scorer
-    from vgg_flax.preprocessing import CROP_SIZE, PRESETS
-    from vgg_flax.weights.loading import load, recorded_metadata
 
-    if mode in CALIBRATED and preprocessing not in PRESETS:
-        raise ValueError(
-            f"calibration images cannot be read with the {preprocessing!r} normalisation; pass "
-            f"--normalize with one of {', '.join(PRESETS)}"
-        )
-    size = input_size or recorded_metadata(path).get("input_size") or CROP_SIZE
-    model, variables = load(path, arch, head="keep")
-    return scorer(*quantize_source(model, variables, mode, folder, preprocessing, size), size)
+    size = input_size or network.usage.input_size
+    model, variables = quantize_source(
+        network.model, network.variables, mode, folder, preprocessing, size
+    )
+    return scorer(model, variables, size)

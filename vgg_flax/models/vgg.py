@@ -15,13 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from vgg_flax.models import arch as arch_lib
+from vgg_flax.models.arch import ARCHITECTURE_FIELDS
 from vgg_flax.models.initializers import INITS, kernel_init
 from vgg_flax.models.layers import BatchNorm, local_response_norm
 from vgg_flax.models.ops import Conv, check_kernels, pool_2x2
 
 MODES = ("classify", "dense", "dense_map")
-# The fields that define a network's variables; checkpoints record them (see `architecture`).
-ARCHITECTURE_FIELDS = ("arch", "batch_norm", "width", "head_width", "pooling", "num_classes")
 
 
 class VGG(nn.Module):
@@ -263,30 +262,23 @@ def create_model(
     *,
     batch_norm: bool = False,
     num_classes: int = 1000,
-    pretrained: bool | str = False,
+    pretrained: Any = None,
     **options: Any,
-) -> VGG | tuple[VGG, dict[str, Any]]:
+) -> VGG:
     """Build a VGG from a Table 1 name ("A", ..., "E"), a torchvision name or a layer list.
 
     torchvision's `_bn` names imply batch_norm=True. Other options are `VGG`'s fields: width,
     head_width, pooling, dropout_rate, weight_init, init_std, dtype, param_dtype, precision,
     kernels. E.g. `create_model("A", width=0.125, head_width=32)` is a narrow VGG-A.
 
-    Returns the module (Flax modules hold no weights; `model.init` makes them), except with
-    `pretrained`: True (torchvision's ImageNet weights of `arch`) or a name of
-    `vgg_flax.list_pretrained()` (e.g. "vgg16_bn") returns `(model, variables)`, downloaded once
-    by `vgg_flax.pretrained`; a `num_classes` other than the weights' gets a fresh fc8, drawn
-    from `key=` (PRNG key or int seed, default 0). See `vgg_flax.weights.factory.pretrained_model`.
+    Returns the module (Flax modules hold no weights; `model.init` makes them). Pretrained
+    weights come from `vgg_flax.pretrained(arch, num_classes=...)`, not from here.
     """
-    if pretrained:
-        from vgg_flax.weights.factory import (
-            pretrained_model,  # imports the loader, which imports us
-        )
-
-        if not isinstance(arch, str):
-            raise ValueError("pretrained weights need an architecture name, not a layer list")
-        return pretrained_model(
-            arch, pretrained, batch_norm=batch_norm, num_classes=num_classes, **options
+    if pretrained not in (None, False):
+        raise ValueError(
+            "create_model builds a module only and takes no pretrained=; for pretrained weights "
+            f"use vgg_flax.pretrained({arch!r}, num_classes={num_classes}) (it returns "
+            "(model, variables, usage))"
         )
     if isinstance(arch, str):
         arch, named_bn = arch_lib.resolve(arch)

@@ -90,7 +90,7 @@ def compare_keras(model: Any, images: np.ndarray, variables: Any = None) -> Pari
     """
     import jax
 
-    from vgg_flax.formats import model_for
+    from vgg_flax.weights.loading import model_for
 
     keras = import_keras()
     variables = variables if variables is not None else from_keras(keras_layers(model))

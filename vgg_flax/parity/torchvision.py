@@ -287,7 +287,7 @@ def compare(
     measured against the floor of `with_floor` (conv biases before BatchNorm get none).
     """
     check_train_bn(arch, train_bn)
-    model, variables = load(torch_net.state_dict(), arch, head="keep", dropout_rate=0.0)
+    model, variables, _ = load(torch_net.state_dict(), arch, head="keep", dropout_rate=0.0)
     num_classes = model.num_classes
     with float32_precision():
         theirs, their_stats = _forward_torch(arch, torch_net, images, train_bn)

@@ -1,12 +1,12 @@
 """A VGG frozen inside another model: named activations whose parameters never get a gradient.
 
-The shared core of `vgg_flax.perceptual.lpips` and `vgg_flax.perceptual.losses`. Images arrive
-already normalised
-(float32); the trunk runs in `dtype` (e.g. bfloat16) and its activations come back in float32, so
-everything computed from them afterwards (unit normalisation, Gram matrices, distances) is
-float32. `remat=True` wraps the trunk in `jax.checkpoint`: its activations are recomputed in the
-backward pass instead of being kept alive from the forward pass, which is what holds memory when
-the loss sits inside a large training step.
+The shared core of `vgg_flax.perceptual.lpips` and `vgg_flax.perceptual.losses`, which normalise
+images with the trunk's usage record (`vgg_flax.preprocessing.preprocess`). Images arrive here
+already normalised (float32); the trunk runs in `dtype` (e.g. bfloat16) and its activations come
+back in float32, so everything computed from them afterwards (unit normalisation, Gram matrices,
+distances) is float32. `remat=True` wraps the trunk in `jax.checkpoint`: its activations are
+recomputed in the backward pass instead of being kept alive from the forward pass, which is what
+holds memory when the loss sits inside a large training step.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vgg_flax.models.arch import activation_names
-from vgg_flax.models.vgg import VGG
+from vgg_flax.models.vgg import VGG, architecture
 
 Variables = Mapping[str, Any]
 Trunk = tuple[VGG, Variables]
@@ -27,28 +27,33 @@ Trunk = tuple[VGG, Variables]
 
 def resolve_trunk(
     trunk: str | os.PathLike | Mapping[str, Any] | Trunk | None, default: str, head: str = "drop"
-) -> Trunk:
-    """`(model, variables)` for a trunk given as any of vgg-flax's weight sources.
+) -> tuple[VGG, Variables, Any]:
+    """`(model, variables, usage)` for a trunk given as any of vgg-flax's weight sources.
 
-    None: torchvision's `default` weights (`vgg_flax.pretrained`); a key of
-    `vgg_flax.weights.registry.TORCHVISION_WEIGHTS` (e.g. "vgg19"); a checkpoint directory, `.pth`
-    file
-    or state dict (`vgg_flax.load`); or a `(model, variables)` pair, used as it is.
+    None: the registry's `default` weights (`vgg_flax.pretrained`); a registry name (e.g.
+    "vgg19", "vgg16_caffe"); a checkpoint directory, weight file (`.pth`, Keras `.h5`,
+    `.caffemodel`) or state dict (`vgg_flax.load`); what `load`/`pretrained` return; or a
+    `(model, variables)` pair, taken as torchvision-preprocessed. The usage record says how
+    the trunk wants its input (Caffe's for the authors' networks).
     """
-    from vgg_flax.weights import registry as weights
     from vgg_flax.weights.download import pretrained
+    from vgg_flax.weights.factory import list_pretrained
     from vgg_flax.weights.loading import load
+    from vgg_flax.weights.usage import Usage
 
     if isinstance(trunk, tuple):
-        model, variables = trunk
-        if not isinstance(model, VGG):
-            raise TypeError(f"a trunk pair must be (VGG, variables), got {type(model).__name__}")
-        return model, variables
+        model, variables, *rest = trunk
+        if not isinstance(model, VGG) or len(rest) > 1:
+            raise TypeError(
+                "a trunk tuple must be (VGG, variables) or (VGG, variables, usage), got "
+                f"{type(model).__name__} and {len(rest) + 2} items"
+            )
+        return model, variables, rest[0] if rest else Usage(architecture(model))
     if trunk is None:
         trunk = default
-    if isinstance(trunk, str) and trunk in weights.TORCHVISION_WEIGHTS:
-        return pretrained(trunk, head=head)
-    return load(trunk, head=head)
+    if isinstance(trunk, str) and trunk in list_pretrained() and not os.path.exists(trunk):
+        return tuple(pretrained(trunk, head=head))
+    return tuple(load(trunk, head=head))
 
 
 def check_taps(model: VGG, taps: Sequence[str]) -> None:
@@ -87,11 +92,3 @@ def activations(
     if remat:
         run = jax.checkpoint(run)
     return run(variables, images)
-
-
-def normalise(
-    images: jax.Array, shift: Sequence[float], scale: Sequence[float], pixel_scale: float = 1.0
-) -> jax.Array:
-    """`(images * pixel_scale - shift) / scale` per RGB channel (last axis), in float32."""
-    images = jnp.asarray(images, jnp.float32) * pixel_scale
-    return (images - jnp.asarray(shift, jnp.float32)) / jnp.asarray(scale, jnp.float32)

@@ -1,8 +1,9 @@
 """Perceptual losses on a frozen VGG: content (feature), Gram-matrix style, total variation.
 
 Input convention: NHWC RGB images in [0, 1]; `PerceptualLoss` normalises them with the trunk's
-preprocessing (torchvision's mean and std by default) in float32. Taps are vgg-flax activation
-names: `convN_M` is a convolution's output before its ReLU, `reluN_M` after it.
+preprocessing (its usage record's: torchvision's mean and std for torchvision's weights, Caffe's
+BGR 0-255 minus the mean pixel for the authors' Keras/Caffe files) in float32. Taps are vgg-flax
+activation names: `convN_M` is a convolution's output before its ReLU, `reluN_M` after it.
 
 - Content: per layer, the mean over (H, W, C) of the squared ("mse") or absolute ("l1")
   feature difference, i.e. 1/(C H W) ||phi(x) - phi(y)||^2 (Johnson et al. 2016, eq. 2).
@@ -27,8 +28,7 @@ from flax import struct
 
 from vgg_flax.models.vgg import VGG
 from vgg_flax.perceptual import frozen
-from vgg_flax.preprocessing import TORCHVISION_MEAN, TORCHVISION_STD
-from vgg_flax.weights import registry as weights
+from vgg_flax.preprocessing import PRESETS, Preset, get_preset, preprocess
 
 CRITERIA = ("mse", "l1")
 GRAMS = ("gatys", "johnson")
@@ -95,10 +95,10 @@ def total_variation(images: jax.Array, power: float = 1.0) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Recipe:
     """A published recipe: trunk weights, taps with weights, distances and loss weights."""
 
-    trunk: str  # a key of vgg_flax.weights.registry.TORCHVISION_WEIGHTS
+    trunk: str  # a name of vgg_flax.list_pretrained()
     content: Layers
     style: Layers = ()
     criterion: str = "mse"
@@ -109,11 +109,11 @@ class Preset:
     source: str = ""
 
 
-PRESETS: dict[str, Preset] = {
+RECIPES: dict[str, Recipe] = {
     # Johnson, Alahi & Fei-Fei, ECCV 2016, sec. 4.1: VGG-16, content relu2_2, style relu1_2,
     # relu2_2, relu3_3, relu4_3; loss weights as their code's defaults (fast-neural-style's
     # train.lua: content 1, style 5, tv_strength 1e-6; the TV term here is `total_variation`).
-    "johnson": Preset(
+    "johnson": Recipe(
         "vgg16",
         content=(("relu2_2", 1.0),),
         style=(("relu1_2", 1.0), ("relu2_2", 1.0), ("relu3_3", 1.0), ("relu4_3", 1.0)),
@@ -126,7 +126,7 @@ PRESETS: dict[str, Preset] = {
     ),
     # Ledig et al., CVPR 2017, eq. 5: "VGG54", the 4th convolution *after activation* before the
     # 5th max-pooling of VGG-19, i.e. relu5_4; MSE; the loss rescaled by 1/12.75^2 (~0.006).
-    "srgan": Preset(
+    "srgan": Recipe(
         "vgg19",
         content=(("relu5_4", 1.0),),
         content_weight=1.0 / 12.75**2,
@@ -134,7 +134,7 @@ PRESETS: dict[str, Preset] = {
     ),
     # Wang et al., ECCV workshops 2018, sec. 3.3: VGG-19 features *before* activation, conv5_4,
     # with the L1 distance, perceptual weight 1.
-    "esrgan": Preset(
+    "esrgan": Recipe(
         "vgg19",
         content=(("conv5_4", 1.0),),
         criterion="l1",
@@ -163,9 +163,7 @@ class PerceptualLoss:
     style_weight: float = struct.field(pytree_node=False, default=1.0)
     tv_weight: float = struct.field(pytree_node=False, default=0.0)
     tv_power: float = struct.field(pytree_node=False, default=1.0)
-    mean: tuple[float, ...] = struct.field(pytree_node=False, default=TORCHVISION_MEAN)
-    std: tuple[float, ...] = struct.field(pytree_node=False, default=TORCHVISION_STD)
-    pixel_scale: float = struct.field(pytree_node=False, default=1.0)
+    preprocessing: Preset = struct.field(pytree_node=False, default=PRESETS["torchvision"])
     dtype: Any = struct.field(pytree_node=False, default=None)
     remat: bool = struct.field(pytree_node=False, default=False)
 
@@ -173,7 +171,7 @@ class PerceptualLoss:
         """Float32 activations `taps` (default: every content and style tap) of [0, 1] images."""
         if taps is None:
             taps = [name for name, _ in self.content_layers + self.style_layers]
-        x = frozen.normalise(images, self.mean, self.std, self.pixel_scale)
+        x = preprocess(jnp.asarray(images, jnp.float32), self.preprocessing)
         return frozen.activations(
             self.model, self.variables, x, taps, dtype=self.dtype, remat=self.remat
         )
@@ -208,41 +206,42 @@ class PerceptualLoss:
 
 
 def perceptual_loss(
-    preset: str | None = None,
+    recipe: str | None = None,
     *,
     trunk: str | os.PathLike | Mapping[str, Any] | frozen.Trunk | None = None,
     **options: Any,
 ) -> PerceptualLoss:
-    """A `PerceptualLoss` from a preset ("johnson", "srgan", "esrgan") and/or `options`.
+    """A `PerceptualLoss` from a recipe ("johnson", "srgan", "esrgan") and/or `options`.
 
-    `trunk`: the preset's torchvision weights by default (vgg16 without a preset), any source
-    `vgg_flax.load` takes, or a `(model, variables)` pair. A registry name also sets the input
-    preprocessing (mean, std, pixel_scale). `options` are `PerceptualLoss` fields; layer lists
-    may be given as dicts {tap: weight}. `pooling="avg"` swaps max for average pooling (Gatys).
+    `trunk`: the recipe's torchvision weights by default (vgg16 without a recipe), any name of
+    `vgg_flax.list_pretrained()`, any source `vgg_flax.load` takes, what it returns, or a
+    `(model, variables)` pair. The trunk's usage record sets the input preprocessing (Caffe's
+    for a Keras/Caffe trunk; a `preprocessing=` option, a `Preset` or a preset name, overrides
+    it). `options` are `PerceptualLoss` fields; layer lists may be given as dicts
+    {tap: weight}. `pooling="avg"` swaps max for average pooling (Gatys).
     """
     fields: dict[str, Any] = {}
     default_trunk = "vgg16"
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        recipe = dataclasses.asdict(PRESETS[preset])
-        default_trunk = recipe.pop("trunk")
-        recipe.pop("source")
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        values = dataclasses.asdict(RECIPES[recipe])
+        default_trunk = values.pop("trunk")
+        values.pop("source")
         fields = {
-            "content_layers": recipe.pop("content"),
-            "style_layers": recipe.pop("style"),
-            **recipe,
+            "content_layers": values.pop("content"),
+            "style_layers": values.pop("style"),
+            **values,
         }
     pooling = options.pop("pooling", None)
     for key in ("content_layers", "style_layers"):
         if isinstance(options.get(key), Mapping):
             options[key] = tuple(options[key].items())
+    if "preprocessing" in options:
+        options["preprocessing"] = get_preset(options["preprocessing"])
     fields |= options
-    name = trunk if trunk is not None else default_trunk
-    if isinstance(name, str) and name in weights.TORCHVISION_WEIGHTS:
-        entry = weights.TORCHVISION_WEIGHTS[name]
-        fields = {"mean": entry.mean, "std": entry.std, "pixel_scale": entry.pixel_scale} | fields
-    model, variables = frozen.resolve_trunk(trunk, default_trunk)
+    model, variables, usage = frozen.resolve_trunk(trunk, default_trunk)
+    fields.setdefault("preprocessing", usage.preprocessing)
     if pooling is not None:
         model = model.clone(pooling=pooling)
     fields["content_layers"] = tuple(tuple(pair) for pair in fields.get("content_layers", ()))

@@ -2,8 +2,10 @@
 
 Inputs are NHWC RGB images in [-1, 1] (`normalize=True` takes [0, 1], as the original's flag).
 For each image of a pair: v0.1 applies the original's scaling layer `(x - SHIFT) / SCALE`
-(v0.0 feeds the images unscaled: the original release's bug, kept for its heads); the VGG16 trunk
-gives relu1_2, relu2_2, relu3_3, relu4_3, relu5_3; each is unit-normalised over channels
+(`vgg_flax.preprocessing.PRESETS["lpips"]`; v0.0 feeds the images unscaled: the original
+release's bug, kept for its heads). A trunk whose usage record asks for other preprocessing (a
+Keras or Caffe trunk: BGR, 0-255, minus the mean pixel) gets that instead, in both versions; the
+VGG16 trunk gives relu1_2, relu2_2, relu3_3, relu4_3, relu5_3; each is unit-normalised over channels
 (`x / (sqrt(sum x^2) + 1e-10)`); the squared difference of the pair goes through the layer's 1x1
 linear head (no bias; the original's dropout acts only in training). Each layer's map is averaged
 over space, or with `spatial=True` upsampled to the input size (bilinear, align_corners=False,
@@ -25,10 +27,12 @@ from flax import struct
 from vgg_flax.models.vgg import VGG
 from vgg_flax.perceptual import frozen
 from vgg_flax.perceptual.lpips_heads import HEAD_CHANNELS, load_heads
+from vgg_flax.preprocessing import LPIPS_SCALE, LPIPS_SHIFT, PRESETS, Preset, preprocess
 
 # The original's ScalingLayer: ImageNet's mean and std mapped to inputs in [-1, 1].
-SHIFT = (-0.030, -0.088, -0.188)
-SCALE = (0.458, 0.448, 0.450)
+SHIFT, SCALE = LPIPS_SHIFT, LPIPS_SCALE
+# v0.0's input: the [-1, 1] images unchanged (the first release's missing scaling layer).
+UNSCALED = Preset("lpips-v0.0", "RGB", (-1.0, 1.0), (0.0, 0.0, 0.0), resize=None, crop=None)
 TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 EPS = 1e-10  # lpips.normalize_tensor's
 
@@ -47,6 +51,7 @@ class LPIPS:
     heads: tuple[jax.Array, ...]
     model: VGG = struct.field(pytree_node=False)
     version: str = struct.field(pytree_node=False, default="0.1")
+    preprocessing: Preset = struct.field(pytree_node=False, default=PRESETS["lpips"])
     dtype: Any = struct.field(pytree_node=False, default=None)
     remat: bool = struct.field(pytree_node=False, default=False)
 
@@ -74,16 +79,24 @@ def load_lpips(
 ) -> LPIPS:
     """The VGG LPIPS metric of `version` ("0.1" or "0.0").
 
-    `trunk`: torchvision's vgg16 weights by default (`vgg_flax.pretrained`), or any source
-    `vgg_flax.load` takes, or a `(model, variables)` pair. `heads`: a head file or state dict;
-    by default the published file for `version` (`vgg_flax.perceptual.lpips_heads.find_heads`).
-    `dtype`
-    (e.g. jnp.bfloat16) is the trunk's compute dtype; normalisation and heads stay float32.
+    `trunk`: torchvision's vgg16 weights by default (`vgg_flax.pretrained`), a registry name
+    (e.g. "vgg16_caffe"), any source `vgg_flax.load` takes, what it returns, or a `(model,
+    variables)` pair; its usage record sets the input preprocessing (module docstring).
+    `heads`: a head file or state dict; by default the published file for `version`
+    (`vgg_flax.perceptual.lpips_heads.find_heads`). `dtype` (e.g. jnp.bfloat16) is the trunk's
+    compute dtype; normalisation and heads stay float32.
     `remat` recomputes the trunk in the backward pass to save memory.
     """
     weights = load_heads(version, heads, cache=cache)
-    model, variables = frozen.resolve_trunk(trunk, "vgg16")
+    model, variables, usage = frozen.resolve_trunk(trunk, "vgg16")
     frozen.check_taps(model, TAPS)
+    version = version.removeprefix("v")
+    torchvision = PRESETS["torchvision"]
+    fed_like_torchvision = _values(usage.preprocessing) == _values(torchvision)
+    if fed_like_torchvision:  # the heads' own trunk: the original's scaling (or v0.0's none)
+        preset = PRESETS["lpips"] if version == "0.1" else UNSCALED
+    else:
+        preset = usage.preprocessing
     channels = tuple(_tap_channels(model, variables))
     if channels != HEAD_CHANNELS:
         raise ValueError(
@@ -91,7 +104,11 @@ def load_lpips(
             f"{HEAD_CHANNELS}: LPIPS needs a full-width VGG-16 (D) trunk"
         )
     heads_arrays = tuple(jnp.asarray(w) for w in weights)
-    return LPIPS(variables, heads_arrays, model, version.removeprefix("v"), dtype, remat)
+    return LPIPS(variables, heads_arrays, model, version, preset, dtype, remat)
+
+
+def _values(preset: Preset) -> tuple[Any, ...]:
+    return (preset.channel_order, preset.value_range, preset.mean, preset.std)
 
 
 def trunk_from_lpips(state: Mapping[str, Any]) -> frozen.Trunk:
@@ -113,7 +130,7 @@ def trunk_from_lpips(state: Mapping[str, Any]) -> frozen.Trunk:
     for entry in torchvision_entries("vgg16"):
         if entry.key.startswith("classifier"):  # np.zeros: pages never touched, never read
             trunk[entry.key] = np.zeros(entry.shape, np.float32)
-    return load(trunk, "vgg16", head="drop")
+    return load(trunk, "vgg16", head="drop")[:2]
 
 
 def _tap_channels(model: VGG, variables: Any) -> list[int]:
@@ -163,8 +180,10 @@ def _lpips(
         )
     if normalize:  # [0, 1] -> [-1, 1]
         x0, x1 = 2 * x0 - 1, 2 * x1 - 1
-    if metric.version == "0.1":
-        x0, x1 = frozen.normalise(x0, SHIFT, SCALE), frozen.normalise(x1, SHIFT, SCALE)
+    x0, x1 = (
+        preprocess(x.astype(jnp.float32), metric.preprocessing, input_range=(-1.0, 1.0))
+        for x in (x0, x1)
+    )
 
     def features(images: jax.Array) -> dict[str, jax.Array]:
         return frozen.activations(

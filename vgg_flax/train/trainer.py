@@ -34,6 +34,7 @@ from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
 from vgg_flax.weights import checkpoint
 from vgg_flax.weights import loading as loader
+from vgg_flax.weights import usage as usage_lib
 from vgg_flax.weights.atomic import atomic_write
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -168,7 +169,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         dtype=DTYPES[config.dtype],
     )
     identity = architecture(model)
-    described = usage(data_config, train_iter.source.class_names)
+    record = usage(model, data_config, train_iter.source.class_names)
     step_every = round(config.optim.step_epochs * steps_per_epoch)
     tx = optim.make_optimizer(
         optim.schedule(
@@ -185,7 +186,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     variables = init_variables(model, init_key, data_config.crop_size)
     if config.init_from:
-        variables = start_from(variables, model.arch, config.init_from, config.init_skip)
+        variables = start_from(
+            variables, model.arch, config.init_from, config.init_skip, record.preprocessing
+        )
     state = create_state(variables, dropout_key, mesh, tx)
     del variables
 
@@ -201,8 +204,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     step = int(state["step"])
 
     def save() -> None:
-        meta = {**described, **identity, "step": step}
-        meta["data"] = train_iter.get_state()
+        meta = usage_lib.to_metadata(record, step=step, data=train_iter.get_state())
         checkpoint.save_training(manager, step, state, meta)
 
     # ----- Steps ----------------------------------------------------------------------------
@@ -331,8 +333,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 export,
                 model,
                 jax.device_get(model_variables(state)),
+                record,  # what using this model must feed it
                 step=step,
-                **described,  # what evaluating this model must feed it
             )
     finally:  # the summary is kept even when the export or the plot fails
         if step >= total_steps and jax.process_index() == 0:
@@ -343,26 +345,24 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return summary
 
 
-def usage(data_config: Any, class_names: Any = None) -> dict[str, Any]:
-    """What using a trained model needs, recorded in its checkpoints (`vgg_flax.save` metadata).
+def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Usage:
+    """The usage record of a run's model, written into its checkpoints and its model/.
 
-    The input preprocessing preset, the input size it was trained at (the crop), the training
-    scale S, the test scale Q of the run's own evaluation, whether training flipped images, and
-    the class names when the dataset has them (`experiments.evaluate` reads them as defaults).
+    The input preprocessing the run trained with, with its numbers (for "mean_rgb", the mean
+    itself), the run's test resize Q and crop (the input size), its training scale S, whether
+    it flipped images, and the class names when the dataset has them.
     """
-    from vgg_flax.data.config import train_scale
+    from vgg_flax.data.config import preprocessing_for, train_scale
 
     scale = train_scale(data_config)
-    recorded = {
-        "preprocessing": data_config.normalize,
-        "input_size": int(data_config.crop_size),
-        "train_scale": list(scale) if isinstance(scale, tuple) else scale,
-        "eval_scale": int(data_config.eval_scale),
-        "train_flip": bool(data_config.flip),
-    }
-    if class_names:
-        recorded["class_names"] = [str(name) for name in class_names]
-    return recorded
+    names = tuple(str(name) for name in class_names) if class_names else None
+    return usage_lib.Usage(
+        architecture(model),
+        preprocessing_for(data_config),
+        names,
+        train_scale=scale,
+        train_flip=bool(data_config.flip),
+    )
 
 
 def _read_summary(workdir: str) -> dict[str, Any]:
@@ -385,15 +385,35 @@ def _write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
 
 
 def start_from(
-    variables: dict[str, Any], target_arch: Any, path: str, skip: tuple[str, ...] = ()
+    variables: dict[str, Any],
+    target_arch: Any,
+    path: str,
+    skip: tuple[str, ...] = (),
+    preprocessing: Any = None,
 ) -> dict[str, Any]:
-    """`variables` with layers copied from the weights at `path` (`vgg_flax.load`; see init.py)."""
-    source_model, source = loader.load(path)
+    """`variables` with layers copied from the weights at `path` (`vgg_flax.load`; see init.py).
+
+    `preprocessing` (this run's `Preset`) is checked against the one the weights record: a
+    warm start from weights trained on other inputs (another mean, channel order or scale)
+    starts from features that do not fit, so it is said.
+    """
+    source_model, source, source_usage = loader.load(path)
+    theirs = source_usage.preprocessing
+    if preprocessing is not None and _values(theirs) != _values(preprocessing):
+        _say(
+            f"warning: {path} was trained with {theirs.name} preprocessing {_values(theirs)}, "
+            f"this run feeds {preprocessing.name} {_values(preprocessing)}"
+        )
     mapping = warm_start_layers(source_model.arch, target_arch)
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
     label = arch_label(source_model.arch)
     _say(f"copied {', '.join(mapping.values())} from the {label} net at {path}")
     return copy_layers(variables, source, mapping)
+
+
+def _values(preset: Any) -> tuple[Any, ...]:
+    """What a preset does to pixel values (not its geometry, which may change between runs)."""
+    return (preset.channel_order, preset.value_range, preset.mean, preset.std)
 
 
 def _say(message: str) -> None:

@@ -1,7 +1,8 @@
 """Checkpoints on disk: every Orbax call of vgg-flax lives in this module.
 
 A model checkpoint is one Orbax directory with two items: `variables` (the Flax variables) and
-`metadata` (JSON: the model's architecture fields, so `vgg_flax.load` can rebuild the module).
+`metadata` (JSON: the model's architecture fields, so `vgg_flax.load` can rebuild the module, and
+its usage record, `vgg_flax.weights.usage.to_metadata`). Knows nothing of the module itself.
 A training run's step directories (`checkpoints/<step>`) read as model checkpoints too.
 Every checkpoint written here records `content_sha256`, a SHA-256 over its arrays (names, dtypes,
 shapes and bytes); reading one recomputes it, so a flipped bit in the data is refused, not loaded.
@@ -27,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vgg_flax.models import arch as arch_lib
-from vgg_flax.models.vgg import ARCHITECTURE_FIELDS
+from vgg_flax.models.arch import ARCHITECTURE_FIELDS
 from vgg_flax.weights.atomic import check_output
 
 HASH_KEY = "content_sha256"
@@ -311,8 +312,8 @@ def save_training(
 ) -> None:
     """Write training `state` and JSON `meta` (with the model's architecture) as checkpoint `step`.
 
-    `meta` needs every field of `vgg_flax.models.vgg.ARCHITECTURE_FIELDS`, so that a resumed run can
-    tell whether the checkpoint belongs to its network.
+    `meta` needs every field of `vgg_flax.models.arch.ARCHITECTURE_FIELDS`, so that a resumed run
+    can tell whether the checkpoint belongs to its network.
     """
     missing = [key for key in ARCHITECTURE_FIELDS if key not in meta]
     if missing:
@@ -338,7 +339,7 @@ def restore_training(
 
     With `target` None the state comes back as saved, in host memory (for inspection).
     Refuses, with ValueError, a checkpoint whose `identity` (the architecture fields of
-    `vgg_flax.models.vgg.architecture`) differs from the run's, and one that cannot be read back
+    `vgg_flax.architecture`) differs from the run's, and one that cannot be read back
     (corrupt or truncated files).
     """
     step = manager.latest_step()

@@ -1,4 +1,4 @@
-"""torchvision's ImageNet weights (`vgg_flax.weights.registry`): download once, verify, convert.
+"""Published weights (`vgg_flax.weights.registry`): download once, verify, convert; `pretrained`.
 
 Files are cached in `VGG_FLAX_CACHE` (default `~/.cache/vgg_flax`); a copy already in torch's hub
 cache is used in place. A download streams into a per-process `.part` file in the cache folder,
@@ -25,11 +25,14 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from vgg_flax.models.vgg import VGG
 from vgg_flax.weights import registry as weights
-from vgg_flax.weights.loading import load
+from vgg_flax.weights.loading import Loaded, load
+from vgg_flax.weights.usage import with_classes
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 _BLOCK = 1 << 20
@@ -45,6 +48,8 @@ UNKNOWN_SIZE_LIMIT = 1 << 30
 # Bytes allowed beyond a known size: the limit stops runaway responses, the hash decides what is
 # right, and a re-saved copy on a mirror (its digest given by the caller) may differ by a few bytes.
 SIZE_SLACK = 1 << 20
+# Fields fixed by the weights' tensors: a pretrained model cannot change them.
+_FIXED_BY_WEIGHTS = ("width", "head_width")
 
 
 class DownloadError(OSError):
@@ -261,34 +266,75 @@ def _sigterm_raises() -> Iterator[None]:
 def pretrained(
     name: str = "vgg16",
     *,
+    num_classes: int | None = None,
+    key: Any = 0,
+    batch_norm: bool = False,
     base_url: str | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
     head: str = "auto",
-) -> tuple[VGG, dict[str, Any]]:
-    """`(model, variables)` with torchvision's ImageNet weights for `name` (e.g. "vgg16_bn").
+    **options: Any,
+) -> Loaded:
+    """`(model, variables, usage)` with published ImageNet weights, downloaded once and checked.
 
-    `name` is a key of `weights.TORCHVISION_WEIGHTS`; "vgg16_features" is the features-only file
-    (its head is dropped with a warning). Preprocessing: see `weights.TORCHVISION_WEIGHTS[name]`.
-    "vgg16_caffe" and "vgg19_caffe" (and their "_notop") are the authors' Caffe networks as
-    keras.applications ships them (`weights.KERAS_WEIGHTS`; preprocessing preset "caffe").
+    `name` is a key of `vgg_flax.list_pretrained()` (torchvision's `weights.TORCHVISION_WEIGHTS`,
+    e.g. "vgg16_bn"; "vgg16_features" is the features-only file, its head dropped with a
+    warning; "vgg16_caffe" and "vgg19_caffe" (and their "_notop") are the authors' Caffe
+    networks as keras.applications ships them) or an architecture ("A" .. "E", with
+    `batch_norm`), which picks torchvision's weights of it. `usage` is the registry's record
+    (preprocessing with its numbers, class names, source, accuracy).
+
+    When `num_classes` differs from the weights' classes, fc8 is replaced by a fresh layer
+    initialised as the model initialises fc8 (`weight_init`, `init_std`; zero bias) from `key`
+    (a PRNG key or an int seed); fc6 and fc7 keep their weights, and the record loses the class
+    names and accuracy. `options` are further `VGG` fields (dropout_rate, pooling, dtype,
+    param_dtype, kernels, ...), except width and head_width, which the weights fix.
     """
-    if name in weights.KERAS_WEIGHTS:  # the authors' networks, via keras.applications' files
-        entry = weights.KERAS_WEIGHTS[name]
-        base = base_url or os.environ.get("VGG_FLAX_BASE_URL", entry.url)
-        url = base.rstrip("/") + "/" + entry.file
-        path = download(
-            url, entry.file, md5=entry.md5, cache=cache, progress=progress, size=entry.size
-        )
-        return load(path, entry.arch, head=head)
-    if name not in weights.TORCHVISION_WEIGHTS:
-        known = ", ".join([*weights.TORCHVISION_WEIGHTS, *weights.KERAS_WEIGHTS])
+    from vgg_flax.weights.factory import weights_name
+
+    fixed = [field for field in _FIXED_BY_WEIGHTS if field in options]
+    if fixed:
         raise ValueError(
-            f"no torchvision weights named {name!r} (nor Keras ones); choose one of {known}"
+            f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix them); "
+            "drop the option, or build an untrained model with vgg_flax.create_model"
         )
-    entry = weights.TORCHVISION_WEIGHTS[name]
-    path = fetch(entry.file, base_url=base_url, cache=cache, progress=progress, size=entry.size)
-    return load(path, entry.arch, head=head)
+    name = weights_name(name, batch_norm)
+    entry = weights.KERAS_WEIGHTS.get(name) or weights.TORCHVISION_WEIGHTS[name]
+    file = entry.source.file
+    if name in weights.KERAS_WEIGHTS:  # the authors' networks, via keras.applications' files
+        base = base_url or os.environ.get("VGG_FLAX_BASE_URL", entry.source.url.rsplit("/", 1)[0])
+        url = base.rstrip("/") + "/" + file
+        path = download(
+            url, file, md5=entry.source.md5, cache=cache, progress=progress, size=entry.source.size
+        )
+    else:
+        path = fetch(
+            file, base_url=base_url, cache=cache, progress=progress, size=entry.source.size
+        )
+    model, variables, usage = load(path, weights.torchvision_arch(entry), head=head)
+    num_classes = model.num_classes if num_classes is None else num_classes
+    model = model.clone(num_classes=num_classes, **options)
+    params = dict(variables["params"])
+    if "fc8" in params and params["fc8"]["bias"].shape[0] != num_classes:
+        params["fc8"] = _fresh_fc8(model, params["fc7"]["kernel"], key)
+        usage = with_classes(usage, num_classes)
+    variables = {**variables, "params": params}
+    if "param_dtype" in options:
+        variables = jax.tree.map(lambda x: jnp.asarray(x, options["param_dtype"]), variables)
+    return Loaded(model, variables, usage)
+
+
+def _fresh_fc8(model: VGG, fc7: Any, key: Any) -> dict[str, Any]:
+    """A new fc8 for `model` after `fc7`'s kernel, drawn as the model initialises fc8."""
+    from vgg_flax.models.initializers import kernel_init
+
+    init = kernel_init(model.weight_init, head=True, std=model.init_std)
+    key = jax.random.key(key) if isinstance(key, int) else key
+    shape = (1, 1, fc7.shape[-1], model.num_classes)
+    return {
+        "kernel": init(key, shape, fc7.dtype),
+        "bias": jnp.zeros((model.num_classes,), fc7.dtype),
+    }
 
 
 def _download(

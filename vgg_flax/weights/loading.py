@@ -1,26 +1,42 @@
-"""One loader for every kind of weights: `load(source) -> (model, variables)`, and `save`.
+"""One loader for every kind of weights: `load(source) -> (model, variables, usage)`, and `save`.
 
 A source is a vgg-flax checkpoint directory (written by `save`, `vgg-flax convert` or a training
-run's `model/`), a torchvision `.pth` file, or a state dict (name -> array). The architecture
-comes from the checkpoint's metadata, or from the state dict's tensor shapes when not given.
+run's `model/`), a torchvision `.pth` file, a Keras `.h5`, a Caffe `.caffemodel` or a state dict
+(name -> array). The architecture comes from the checkpoint's metadata, or from the tensors'
+shapes. The usage record (`vgg_flax.weights.usage.Usage`) comes from `read_usage`, the one place
+a checkpoint's metadata is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from vgg_flax import formats
+from vgg_flax.formats import foreign
 from vgg_flax.formats.pth import load_pth
 from vgg_flax.formats.torchvision import from_torchvision, infer_arch
-from vgg_flax.models.vgg import ARCHITECTURE_FIELDS, VGG, architecture, create_model
-from vgg_flax.weights import checkpoint
+from vgg_flax.models import arch as arch_lib
+from vgg_flax.models.vgg import VGG, architecture, create_model
+from vgg_flax.preprocessing import get_preset
+from vgg_flax.weights import checkpoint, registry
+from vgg_flax.weights import usage as usage_lib
+from vgg_flax.weights.usage import Usage
 
 Variables = dict[str, Any]
+
+
+class Loaded(NamedTuple):
+    """What `load` and `pretrained` return: the module, its variables and their usage record."""
+
+    model: VGG
+    variables: Variables
+    usage: Usage
 
 
 def load(
@@ -29,8 +45,8 @@ def load(
     *,
     head: str = "auto",
     **options: Any,
-) -> tuple[VGG, Variables]:
-    """`(model, variables)` from a checkpoint directory, a `.pth` file or a state dict.
+) -> Loaded:
+    """`(model, variables, usage)` from a checkpoint directory, a weight file or a state dict.
 
     Keras `.h5` files and Caffe `.caffemodel` files (the authors' VGG16/VGG19) load too; their
     architecture comes from the file (`arch`, if given, is checked against it).
@@ -38,60 +54,138 @@ def load(
     `arch` names a torchvision architecture (e.g. "vgg16_bn") for `.pth` files and state dicts;
     by default it is inferred from the tensors' shapes. `head` ("auto", "keep", "drop") is
     `from_torchvision`'s. `options` are further `VGG` fields (dropout_rate, dtype, kernels, ...);
-    a `param_dtype` among them also casts the loaded arrays.
+    a `param_dtype` among them also casts the loaded arrays. `usage` says how to feed the
+    network (see `read_usage`).
     """
     param_dtype = options.get("param_dtype")
     if isinstance(source, str | os.PathLike) and os.path.isdir(source):
         variables, metadata = checkpoint.read_model(source)  # hash and metadata checked
-        spec = {key: metadata[key] for key in ARCHITECTURE_FIELDS if key in metadata}
-        model = create_model(**spec, **options)
-    elif formats.is_foreign_file(source):  # Keras .h5 or Caffe .caffemodel
-        variables = formats.read(source, head=head, dtype=param_dtype)
-        model = formats.model_for(variables, arch, **options)
+        usage = _usage_of_checkpoint(source, metadata)
+        model = create_model(**usage.architecture, **options)
+    elif foreign.is_foreign_file(source):  # Keras .h5 or Caffe .caffemodel
+        variables, usage = foreign.read(source, head=head, dtype=param_dtype)
+        model = model_for(variables, arch, **options)
+        usage = registry.entry_for_file(os.path.basename(os.fspath(source))) or usage
     elif isinstance(source, Mapping) or _is_pth(source):
         arch = arch or _infer(source)
         variables = from_torchvision(source, arch, head=head, dtype=param_dtype)
         params = variables["params"]
         num_classes = int(params["fc8"]["bias"].shape[0]) if "fc8" in params else 1000
         model = create_model(arch, num_classes=num_classes, **options)
+        name = None if isinstance(source, Mapping) else os.path.basename(os.fspath(source))
+        usage = (name and registry.entry_for_file(name)) or Usage(architecture(model))
     else:
         raise ValueError(
             f"{os.fspath(source)!r} is neither a vgg-flax checkpoint directory, a torchvision "
             ".pth file, a Keras .h5 file nor a Caffe .caffemodel"
         )
+    usage = _completed(usage, model, variables)
     cast = (lambda x: jnp.asarray(x, param_dtype)) if param_dtype else jnp.asarray
-    return model, jax.tree.map(cast, variables)
+    return Loaded(model, jax.tree.map(cast, variables), usage)
 
 
 def save(
-    directory: str | os.PathLike, model: VGG, variables: Mapping[str, Any], **metadata: Any
+    directory: str | os.PathLike,
+    model: VGG,
+    variables: Mapping[str, Any],
+    usage: Usage | None = None,
+    **metadata: Any,
 ) -> str:
-    """Write `variables` with `model`'s architecture (and `metadata`) for `load`; atomic.
+    """Write `variables` with their usage record (and `metadata`) for `load`; atomic.
 
-    Returns the absolute path of the new checkpoint directory (which must not exist yet).
+    `usage` defaults to torchvision's preprocessing; its architecture is always `model`'s. The
+    record's older keyword forms are still taken (preprocessing= a preset name or `Preset`,
+    input_size=, eval_scale=, class_names=, train_scale=, train_flip=) when `usage` is not
+    given. Returns the absolute path of the new checkpoint directory (which must not exist yet).
     """
-    return checkpoint.save_model(directory, variables, {**metadata, **architecture(model)})
+    legacy = {k: metadata.pop(k) for k in (*usage_lib.LEGACY_KEYS, "class_names") if k in metadata}
+    if usage is None:
+        preset = legacy.get("preprocessing")
+        if preset is not None and not isinstance(preset, str):  # a Preset (or its JSON form)
+            del legacy["preprocessing"]
+        usage = usage_lib.from_metadata({**architecture(model), **legacy})
+        if preset is not None and not isinstance(preset, str):
+            usage = dataclasses.replace(usage, preprocessing=get_preset(preset))
+    elif legacy:
+        raise ValueError(f"give {sorted(legacy)} in the usage record, not beside it")
+    usage = dataclasses.replace(usage, architecture=architecture(model))
+    return checkpoint.save_model(directory, variables, usage_lib.to_metadata(usage, **metadata))
 
 
-def recorded_preprocessing(source: str | os.PathLike) -> str | None:
-    """The input preprocessing the weights at `source` expect, where it is known.
+def read_usage(source: str | os.PathLike | Mapping[str, Any], arch: str | None = None) -> Usage:
+    """The usage record of the weights at `source`: how to feed them, what their outputs mean.
 
-    A vgg-flax checkpoint's recorded "preprocessing" (written by `vgg-flax convert` and by
-    training runs); for a weight file, `formats.preset_for_file` (the registry's preset, else
-    "caffe" for Keras and Caffe files and "torchvision" for `.pth` files); None otherwise.
+    A vgg-flax checkpoint: its recorded one (`usage.from_metadata`, which also reads the records
+    of older checkpoints; an old training run's "mean_rgb" takes the mean from the run's
+    config.json). A weight file in the registry: the registry's; another `.pth` file or state
+    dict: torchvision's preprocessing; a Keras or Caffe file: Caffe's (BGR, 0-255, minus the
+    mean pixel). Reading a weight file's record reads its tensors (for the architecture).
     """
-    if os.path.isdir(source):
-        return checkpoint.read_metadata(source).get("preprocessing")
-    return formats.preset_for_file(source) if os.path.isfile(source) else None
+    if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+        return _usage_of_checkpoint(source, checkpoint.read_metadata(source))
+    return load(source, arch, head="keep").usage
 
 
-def recorded_metadata(source: str | os.PathLike) -> dict[str, Any]:
-    """What a vgg-flax checkpoint directory records beside its arrays ({} for weight files).
+def model_for(variables: Mapping[str, Any], arch: str | None = None, **options: Any) -> VGG:
+    """The `VGG` that `variables` fit (arch, head width, classes); `arch` checks it when given."""
+    spec = foreign.architecture_of_params(variables["params"])
+    found = spec["arch"]
+    if arch is not None and arch_lib.layer_list(arch) != arch_lib.layer_list(found):
+        raise ValueError(
+            f"these weights are VGG {arch_lib.arch_label(found)} ({found}), not {arch}; leave "
+            "the architecture out to use the file's"
+        )
+    if "fc8" in variables["params"]:
+        options.setdefault("num_classes", spec["num_classes"])
+        options.setdefault("head_width", spec["head_width"])
+    return create_model(found, **options)
 
-    Training runs record "preprocessing", "input_size" (the crop size), "train_scale",
-    "eval_scale", "train_flip" and "class_names" where the dataset has them.
+
+def _usage_of_checkpoint(directory: str | os.PathLike, metadata: Mapping[str, Any]) -> Usage:
+    where = os.path.abspath(os.fspath(directory))
+    mean = None
+    if usage_lib.USAGE_KEY not in metadata:  # an older checkpoint: its run may know its mean
+        mean = training_run_mean(directory)
+    return usage_lib.from_metadata(metadata, data_mean=mean, where=where)
+
+
+def training_run_mean(directory: str | os.PathLike) -> tuple[float, ...] | None:
+    """The 0-255 RGB mean a training run normalised with, from the run's config.json.
+
+    The run folder is the checkpoint's parent (RUN/model) or grandparent (RUN/checkpoints/N).
+    Its data config's `mean_rgb`, else (None there) the default the input pipeline used: the
+    digits' own mean for the digits, ImageNet's mean pixel otherwise. None without a config.
     """
-    return checkpoint.read_metadata(source) if os.path.isdir(source) else {}
+    path = os.path.abspath(os.fspath(directory))
+    for run in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        try:
+            with open(os.path.join(run, "config.json")) as file:
+                config = json.load(file)
+        except (OSError, ValueError):
+            continue
+        data = config.get("data") if isinstance(config, dict) else None
+        if not isinstance(data, dict):
+            continue
+        from vgg_flax.data.config import resolve, valid_fields
+
+        return resolve(valid_fields(data))["mean_rgb"]
+    return None
+
+
+def _completed(usage: Usage, model: VGG, variables: Mapping[str, Any]) -> Usage:
+    """`usage` with the loaded model's architecture, features_only and ImageNet's class names."""
+    features_only = "fc8" not in variables["params"]
+    names = usage.class_names
+    imagenet = usage.preprocessing.name in ("torchvision", "caffe", "vgg16_features")
+    if names is None and not features_only and model.num_classes == 1000 and imagenet:
+        from vgg_flax.classes import imagenet_classes
+
+        names = tuple(imagenet_classes())
+    if names is not None and len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} class names recorded for {model.num_classes} classes")
+    return dataclasses.replace(
+        usage, architecture=architecture(model), features_only=features_only, class_names=names
+    )
 
 
 def _is_pth(source: Any) -> bool:

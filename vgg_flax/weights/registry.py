@@ -1,5 +1,8 @@
 """The registry of published weight files that `vgg_flax.pretrained` downloads and converts.
 
+Each entry is a usage record (`vgg_flax.weights.usage.Usage`): architecture, preprocessing with
+its numbers, class names, source (file, URL, digest, size) and published accuracy.
+
 torchvision's ImageNet weights live under TORCHVISION_WEIGHTS_URL; the 8 hex digits in each file
 name start the file's SHA-256, which every download is checked against. The authors' own
 networks (KERAS_WEIGHTS) come from keras.applications' server, checked against its MD5s.
@@ -7,76 +10,92 @@ networks (KERAS_WEIGHTS) come from keras.applications' server, checked against i
 
 from __future__ import annotations
 
-import dataclasses
-
-from vgg_flax.preprocessing import IMAGENET_MEAN_RGB, TORCHVISION_MEAN, TORCHVISION_STD
+from vgg_flax.classes import imagenet_classes
+from vgg_flax.models.arch import HEAD_WIDTH, TORCHVISION_ARCHS
+from vgg_flax.preprocessing import PRESETS
+from vgg_flax.weights.usage import Source, Usage
 
 TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 
 
-@dataclasses.dataclass(frozen=True)
-class Weights:
-    """One torchvision weight file: its arch, file name, ImageNet accuracy and preprocessing.
+def _entry(
+    name: str,
+    arch: str,
+    file: str,
+    acc1: float | None = None,
+    acc5: float | None = None,
+    *,
+    preprocessing: str = "torchvision",
+    features_only: bool = False,
+    url: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+) -> Usage:
+    """The record of one published file of torchvision architecture `arch` (e.g. "vgg16_bn")."""
+    letter, batch_norm = TORCHVISION_ARCHS[arch]
+    spec = {
+        "arch": letter,
+        "batch_norm": batch_norm,
+        "width": 1.0,
+        "head_width": HEAD_WIDTH,
+        "pooling": "max",
+        "num_classes": 1000,
+    }
+    # File names end in -<first hex digits of the SHA-256>.pth where the server names them so.
+    digest = None if md5 else file.rsplit("-", 1)[-1].split(".")[0]
+    metrics = {"acc1": acc1, "acc5": acc5} if acc1 is not None else {}
+    return Usage(
+        spec,
+        PRESETS[preprocessing],
+        None if features_only else tuple(imagenet_classes()),
+        features_only,
+        Source(file, (url or TORCHVISION_WEIGHTS_URL) + file, digest, md5, size),
+        metrics,
+        name=name,
+    )
 
-    Pixels are scaled to [0, `pixel_scale`] before `(x - mean) / std`.
-    """
 
-    arch: str
-    file: str
-    acc1: float | None
-    acc5: float | None
-    mean: tuple[float, float, float] = TORCHVISION_MEAN
-    std: tuple[float, float, float] = TORCHVISION_STD
-    pixel_scale: float = 1.0
-    features_only: bool = False
-    # The whole input convention, a key of vgg_flax.preprocessing.PRESETS (recorded on convert).
-    preprocessing: str = "torchvision"
-    # Files not named -<sha256 prefix>.pth carry their server and published digest here.
-    url: str | None = None
-    md5: str | None = None
-    # The file's length in bytes, where published (downloads stop there); None: unknown, and a
-    # download is capped at vgg_flax.weights.download.UNKNOWN_SIZE_LIMIT instead.
-    size: int | None = None
+def torchvision_arch(usage: Usage) -> str:
+    """The torchvision architecture name (e.g. "vgg16_bn") of a registry record."""
+    wanted = (usage.architecture["arch"], usage.architecture["batch_norm"])
+    return next(name for name, letters in TORCHVISION_ARCHS.items() if letters == wanted)
 
 
 # Sizes as download.pytorch.org serves the files; those of vgg11, vgg13 (with and without BN) and
 # vgg16_features are not recorded here (downloads of them are capped, not sized).
-TORCHVISION_WEIGHTS: dict[str, Weights] = {
-    "vgg11": Weights("vgg11", "vgg11-8a719046.pth", 69.020, 88.628),
-    "vgg11_bn": Weights("vgg11_bn", "vgg11_bn-6002323d.pth", 70.370, 89.810),
-    "vgg13": Weights("vgg13", "vgg13-19584684.pth", 69.928, 89.246),
-    "vgg13_bn": Weights("vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586, 90.374),
-    "vgg16": Weights("vgg16", "vgg16-397923af.pth", 71.592, 90.382, size=553_433_881),
-    "vgg16_bn": Weights("vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516, size=553_507_836),
-    "vgg19": Weights("vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876, size=574_673_361),
-    "vgg19_bn": Weights("vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842, size=574_769_405),
-    # Features only (its classifier holds NaN); RGB in 0-255 minus the mean, no std.
-    "vgg16_features": Weights(
-        "vgg16",
-        "vgg16_features-amdegroot-88682ab5.pth",
-        None,
-        None,
-        mean=(123.0, 117.0, 104.0),
-        std=(1.0, 1.0, 1.0),
-        pixel_scale=255.0,
-        features_only=True,
-        preprocessing="vgg16_features",
-    ),
+TORCHVISION_WEIGHTS: dict[str, Usage] = {
+    name: _entry(name, *rest[:-1], **rest[-1])
+    for name, *rest in (
+        ("vgg11", "vgg11", "vgg11-8a719046.pth", 69.020, 88.628, {}),
+        ("vgg11_bn", "vgg11_bn", "vgg11_bn-6002323d.pth", 70.370, 89.810, {}),
+        ("vgg13", "vgg13", "vgg13-19584684.pth", 69.928, 89.246, {}),
+        ("vgg13_bn", "vgg13_bn", "vgg13_bn-abd245e5.pth", 71.586, 90.374, {}),
+        ("vgg16", "vgg16", "vgg16-397923af.pth", 71.592, 90.382, {"size": 553_433_881}),
+        ("vgg16_bn", "vgg16_bn", "vgg16_bn-6c64b313.pth", 73.360, 91.516, {"size": 553_507_836}),
+        ("vgg19", "vgg19", "vgg19-dcbb9e9d.pth", 72.376, 90.876, {"size": 574_673_361}),
+        ("vgg19_bn", "vgg19_bn", "vgg19_bn-c79401a0.pth", 74.218, 91.842, {"size": 574_769_405}),
+        # Features only (its classifier holds NaN); RGB in 0-255 minus the mean, no std.
+        (
+            "vgg16_features",
+            "vgg16",
+            "vgg16_features-amdegroot-88682ab5.pth",
+            None,
+            None,
+            {"preprocessing": "vgg16_features", "features_only": True},
+        ),
+    )
 }
 
 # The authors' Caffe VGG16/VGG19 as keras.applications converted them (BGR, 0-255, minus the
 # mean pixel: preset "caffe"); MD5s as published in keras/src/applications/vgg16.py, vgg19.py.
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-_CAFFE = {"mean": IMAGENET_MEAN_RGB, "std": (1.0, 1.0, 1.0), "pixel_scale": 255.0}
-KERAS_WEIGHTS: dict[str, Weights] = {
-    f"vgg{depth}_caffe{suffix}": Weights(
+KERAS_WEIGHTS: dict[str, Usage] = {
+    f"vgg{depth}_caffe{suffix}": _entry(
+        f"vgg{depth}_caffe{suffix}",
         f"vgg{depth}",
         f"vgg{depth}_weights_tf_dim_ordering_tf_kernels{suffix}.h5",
-        None,
-        None,
-        **_CAFFE,
-        features_only=bool(suffix),
         preprocessing="caffe",
+        features_only=bool(suffix),
         url=f"{KERAS_WEIGHTS_URL}vgg{depth}/",
         md5=md5,
         size=size,
@@ -90,12 +109,18 @@ KERAS_WEIGHTS: dict[str, Weights] = {
 }
 
 
+def entry_for_file(file: str) -> Usage | None:
+    """The registry record of the published weight file named `file`, or None."""
+    for entry in (*TORCHVISION_WEIGHTS.values(), *KERAS_WEIGHTS.values()):
+        if entry.source.file == file:
+            return entry
+    return None
+
+
 def expected_size(file: str) -> int | None:
     """The published length in bytes of the registry's weight file `file`, or None if unknown."""
-    for entry in (*TORCHVISION_WEIGHTS.values(), *KERAS_WEIGHTS.values()):
-        if entry.file == file:
-            return entry.size
-    return None
+    entry = entry_for_file(file)
+    return entry.source.size if entry is not None else None
 
 
 # LPIPS's linear heads for the VGG trunk (Zhang et al., CVPR 2018), as the authors publish them in
