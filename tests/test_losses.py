@@ -17,12 +17,8 @@ from vgg_flax.weights.loading import load
 
 @functools.cache
 def _trunks(arch: str):
-    """A seeded random torchvision `arch` (ReLUs not in place) and its vgg-flax conversion.
-
-    The losses read the conv trunk only (the head is dropped), which is full width; fc6/fc7 of 16
-    units spare building, randomising and converting 120M head parameters nothing reads.
-    """
-    net = torch_model(arch, head_width=16)
+    """A seeded random torchvision `arch` (ReLUs not in place) and its vgg-flax conversion."""
+    net = torch_model(arch)
     for module in net.features:
         if isinstance(module, torch.nn.ReLU):
             # piq reads each tap as the module output; an in-place ReLU would overwrite a

@@ -8,7 +8,10 @@ Every option is checked before any weights load. Light imports only (fast --help
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
+
+from vgg_flax.preprocessing import CROP_SIZE
 
 QUANTIZE_MODES = ("int8", "int8-weights")  # vgg_flax.inference.quantize.MODES (tested)
 ONNX_MODES = ("classify", "dense", "dense_map")  # vgg_flax.inference.onnx.MODES (tested)
@@ -92,16 +95,16 @@ def needs_deploy_export(args: argparse.Namespace, size: int | tuple[int, int]) -
     )
 
 
-def run_export(
-    args: argparse.Namespace,
-    loaded: Any,
-    size: int | tuple[int, int],
-    platforms: tuple[str, ...],
-) -> int:
+def run_export(args: argparse.Namespace, platforms: tuple[str, ...]) -> int:
     """`vgg-flax export` to ONNX, or of a quantised model to any format; options checked first."""
     from vgg_flax.inference import export
+    from vgg_flax.weights import loading as loader
     from vgg_flax.weights.atomic import check_output
 
+    # The size to check before any weights load: the one given, else a checkpoint's recorded
+    # one (its metadata only); weight files record torchvision's 224.
+    recorded = loader.read_usage(args.source) if os.path.isdir(args.source) else None
+    size = args.image_size or (recorded.input_size if recorded else CROP_SIZE)
     check_quantize_options(args)
     if args.format != "onnx" and (args.mode is not None or not isinstance(size, int)):
         raise ValueError("--mode and an HxW --image-size are for --format onnx")
@@ -114,7 +117,7 @@ def run_export(
     else:
         onnx.check_options("classify", size)  # the same least size (32) as every export
         check_output(args.out, new=args.format == "savedmodel")
-    model, variables, usage = loaded
+    model, variables, usage = loader.load(args.source)
     preprocessing = usage.preprocessing
     model, variables = quantized(args, model, variables, preprocessing, usage.input_size)
     if args.format == "onnx":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vgg_flax.cli import add_subcommand, deploy
+from vgg_flax.preprocessing import CROP_SIZE
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")  # onnx: vgg_flax.cli.deploy
 PLATFORMS = (
@@ -55,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from vgg_flax.weights import loading as loader
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    if deploy.needs_deploy_export(args, args.image_size or CROP_SIZE):  # ONNX, quantised, HxW
+        return deploy.run_export(args, platforms)  # its options checked before any loading
     model, variables, usage = loader.load(args.source)
     image_size = args.image_size or usage.input_size
-    if deploy.needs_deploy_export(args, image_size):  # ONNX, quantised, HxW
-        return deploy.run_export(args, (model, variables, usage), image_size, platforms)
     if args.format == "stablehlo":
         export.export_stablehlo(
             model, variables, args.out, image_size=image_size, platforms=platforms
