@@ -50,6 +50,10 @@ SLOW = (
     (r"^make demo\b", "trains full-width VGG-A for ~10 minutes"),
     (r"^make test\b", "the whole test suite, this test included"),
     (r"^pip install\b", "installs packages from PyPI"),
+    (
+        r"digits_model",
+        "docs/deploy.md's transcript, on a copy of the demo's fully trained model (make demo)",
+    ),
     (r"-m pytest\b", "part of the test suite, which runs on its own"),
     (r"imagenet2012|--manual-dir|configs/(a|b|c|d|e|alrn)_\w+\.py", "needs ILSVRC-2012 prepared"),
     (
@@ -69,6 +73,7 @@ PY_SLOW = (
         r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(",
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
     ),
+    (r"vgg_dense\.onnx", "reads docs/deploy.md's ONNX export of the demo's trained model"),
     (
         r"\.pth\"|\.h5\"|\.caffemodel\"|\"ckpt/",
         "reads a full-size weight file (downloaded) or a checkpoint converted from one",
@@ -122,7 +127,10 @@ def shell_commands(blocks: list[Block]) -> dict[str, str]:
         if block.lang not in SHELL_BLOCKS:
             continue
         joined = re.sub(r"\\\n\s*", " ", block.body)
-        for line in joined.splitlines():
+        lines = joined.splitlines()
+        if any(line.startswith("$ ") for line in lines):  # a transcript: its output is not run
+            lines = [line for line in lines if line.startswith("$ ")]
+        for line in lines:
             line = re.sub(r"(^|\s)#.*$", "", line).strip()
             line = line[2:] if line.startswith("$ ") else line
             if line:

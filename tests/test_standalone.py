@@ -124,9 +124,11 @@ def test_evaluate_checkpoint_without_torch(tmp_path):
 
 
 def test_experiment_commands_run_from_outside_the_repository(tmp_path):
-    for module in ("experiments.evaluate", "experiments.reproduce_tables"):
+    """From any folder the experiments run as `vgg-flax` subcommands; no top-level package
+    named `experiments` is installed for them (the name is any project's)."""
+    for command in ("evaluate", "reproduce"):
         result = subprocess.run(
-            [sys.executable, "-m", module, "--help"],
+            [str(pathlib.Path(sys.executable).parent / "vgg-flax"), command, "--help"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -134,3 +136,10 @@ def test_experiment_commands_run_from_outside_the_repository(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "--checkpoint" in result.stdout
+    found = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('experiments'))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert found.stdout.strip() == "None", found.stdout
