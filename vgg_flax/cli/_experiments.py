@@ -11,6 +11,7 @@ vgg_flax (never by searching sys.path), so another project's `experiments` is ne
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
@@ -53,3 +54,23 @@ def experiments_module(name: str) -> ModuleType:
         spec.loader.exec_module(package)
         sys.modules["vgg_flax"].experiments = package
     return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def add_experiment_subcommand(
+    subparsers: argparse._SubParsersAction, command: str, module: str, help: str
+) -> None:
+    """Register `vgg-flax COMMAND` as experiments/MODULE.py with that program's own options;
+    running it calls the program's `main` on the arguments as typed."""
+    from vgg_flax.cli import add_subcommand
+
+    program = experiments_module(module).build_parser()
+    parser = add_subcommand(
+        subparsers,
+        command,
+        help,
+        description=f"experiments/{module}.py (python -m experiments.{module}):\n\n"
+        + program.description,
+        parents=[program],
+        conflict_handler="resolve",  # the program's -h/--help replaces this parser's own
+    )
+    parser.set_defaults(run=lambda args: experiments_module(module).main(args.argv))
