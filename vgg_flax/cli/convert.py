@@ -1,4 +1,6 @@
-"""`vgg-flax convert`: a torchvision `.pth`, Keras `.h5` or Caffe `.caffemodel` to a checkpoint.
+"""`vgg-flax convert`: a torchvision `.pth`, safetensors file or folder, hub repository ("hf-hub:
+timm/vgg16.tv_in1k"), Keras `.h5` or Caffe `.caffemodel` to a checkpoint, or (`--to safetensors`)
+to a folder of model.safetensors and timm's config.json that timm and torchvision load.
 
 The checkpoint records the weights' usage record (`vgg_flax.weights.usage`): the input
 preprocessing with its numbers, the input size and, for ImageNet weights, the class names.
@@ -11,6 +13,7 @@ import dataclasses
 import os
 
 from vgg_flax.cli import add_subcommand
+from vgg_flax.formats.safetensors import LAYOUTS
 from vgg_flax.formats.torchvision import HEAD_OPTIONS
 from vgg_flax.models.arch import TORCHVISION_ARCHS
 
@@ -33,9 +36,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "pth",
-        help="torchvision state dict (.pth), Keras weights (.h5, .weights.h5) or Caffe .caffemodel",
+        help="torchvision state dict (.pth), .safetensors file or folder, hf-hub:OWNER/NAME, "
+        "Keras weights (.h5, .weights.h5) or Caffe .caffemodel",
     )
     parser.add_argument("out_dir", help="new checkpoint directory (must not exist)")
+    parser.add_argument(
+        "--to",
+        choices=("orbax", "safetensors"),
+        default="orbax",
+        help="orbax: a vgg-flax checkpoint; safetensors: model.safetensors + timm's config.json",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=None,
+        help="tensor names of --to safetensors (default: torchvision's where the architecture "
+        "is one of torchvision's, which timm loads too; else vgg-flax's)",
+    )
     parser.add_argument(
         "--head",
         choices=HEAD_OPTIONS,
@@ -52,14 +69,21 @@ def run(args: argparse.Namespace) -> int:
     from vgg_flax.weights.usage import Source
 
     check_output(args.out_dir, new=True)  # before seconds of reading and converting
+    if args.layout is not None and args.to != "safetensors":
+        raise SystemExit("vgg-flax convert: --layout needs --to safetensors")
     model, variables, usage = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
     # The usage record (preprocessing with its numbers, input size, ImageNet's class names for
     # published weights) travels with the weights, so evaluate and predict need no flags.
     if usage.source is None:
         usage = dataclasses.replace(usage, source=Source(file=os.path.basename(args.pth)))
-    path = save(args.out_dir, model, variables, usage)
+    options = {"format": "safetensors", "layout": args.layout} if args.to == "safetensors" else {}
+    path = save(args.out_dir, model, variables, usage, **options)
     label = args.arch or f"VGG {model.arch}"
     preset = usage.preprocessing.name
-    print(f"wrote {label} ({'with' if has_head else 'without'} head, {preset} input) to {path}")
+    kind = "safetensors folder" if args.to == "safetensors" else "checkpoint"
+    print(
+        f"wrote {label} ({'with' if has_head else 'without'} head, {preset} input) as a {kind} "
+        f"to {path}"
+    )
     return 0

@@ -277,8 +277,9 @@ def create_model(
     if pretrained not in (None, False):
         raise ValueError(
             "create_model builds a module only and takes no pretrained=; for pretrained weights "
-            f"use vgg_flax.pretrained({arch!r}, num_classes={num_classes}) (it returns "
-            "(model, variables, usage))"
+            f"use vgg_flax.pretrained({arch!r}, num_classes={num_classes}), or a hub repository "
+            "as vgg_flax.pretrained('timm/vgg16_bn.tv_in1k') (it returns (model, variables, "
+            "usage))"
         )
     if isinstance(arch, str):
         arch, named_bn = arch_lib.resolve(arch)

@@ -30,9 +30,12 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from vgg_flax.models.vgg import VGG
+from vgg_flax.weights import hub
 from vgg_flax.weights import registry as weights
 from vgg_flax.weights.loading import Loaded, load
-from vgg_flax.weights.usage import with_classes
+from vgg_flax.weights.transfer import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from vgg_flax.weights.transfer import DownloadError, download_timeout
+from vgg_flax.weights.usage import Usage, with_classes
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 _BLOCK = 1 << 20
@@ -40,8 +43,6 @@ _BLOCK = 1 << 20
 _PARTIAL = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.part$")
 _STALE_AFTER_S = 60.0  # an unlocked partial this old is stale even if its pid was reused
 
-# Seconds a download may wait to connect or for its next bytes ($VGG_FLAX_DOWNLOAD_TIMEOUT).
-DEFAULT_TIMEOUT_S = 30.0
 # The cap on a file whose size the registry does not know: every published VGG weight file is
 # under 600 MB, so 1 GiB refuses an endless or wrong response long before the disk fills.
 UNKNOWN_SIZE_LIMIT = 1 << 30
@@ -50,10 +51,6 @@ UNKNOWN_SIZE_LIMIT = 1 << 30
 SIZE_SLACK = 1 << 20
 # Fields fixed by the weights' tensors: a pretrained model cannot change them.
 _FIXED_BY_WEIGHTS = ("width", "head_width")
-
-
-class DownloadError(OSError):
-    """A download failed (unreachable, stalled, too large, cut short); nothing was cached."""
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> str:
@@ -166,20 +163,6 @@ def download(
     return target
 
 
-def download_timeout() -> float:
-    """Seconds a download waits to connect or for more bytes: $VGG_FLAX_DOWNLOAD_TIMEOUT or 30."""
-    text = os.environ.get("VGG_FLAX_DOWNLOAD_TIMEOUT")
-    if not text:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"VGG_FLAX_DOWNLOAD_TIMEOUT={text!r}: give a positive number of seconds")
-    return value
-
-
 def remove_stale_partials(folder: str | os.PathLike) -> list[str]:
     """Remove the partial downloads in `folder` that no live download holds; returns them.
 
@@ -273,6 +256,7 @@ def pretrained(
     cache: str | os.PathLike | None = None,
     progress: bool = True,
     head: str = "auto",
+    revision: str | None = None,
     **options: Any,
 ) -> Loaded:
     """`(model, variables, usage)` with published ImageNet weights, downloaded once and checked.
@@ -283,6 +267,10 @@ def pretrained(
     networks as keras.applications ships them) or an architecture ("A" .. "E", with
     `batch_norm`), which picks torchvision's weights of it. `usage` is the registry's record
     (preprocessing with its numbers, class names, source, accuracy).
+
+    `name` may also be a Hugging Face hub repository ("timm/vgg16_bn.tv_in1k", or with the
+    "hf-hub:" prefix), loaded through huggingface_hub's cache (`cache`: its folder) at `revision`
+    (see `vgg_flax.weights.hub.fetch`); the record then comes from the repository's config.json.
 
     When `num_classes` differs from the weights' classes, fc8 is replaced by a fresh layer
     initialised as the model initialises fc8 (`weight_init`, `init_std`; zero bias) from `key`
@@ -298,6 +286,12 @@ def pretrained(
             f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix them); "
             "drop the option, or build an untrained model with vgg_flax.create_model"
         )
+    if hub.is_hub_name(name):
+        name = hub.PREFIX + hub.repo_of(name)
+        model, variables, usage = load(name, head=head, revision=revision, cache=cache)
+        return _adapted(model, variables, usage, num_classes, key, options)
+    if revision is not None:
+        raise ValueError(f"revision= is for hub weights ('timm/...'), not {name!r}")
     name = weights_name(name, batch_norm)
     entry = weights.KERAS_WEIGHTS.get(name) or weights.TORCHVISION_WEIGHTS[name]
     file = entry.source.file
@@ -312,6 +306,18 @@ def pretrained(
             file, base_url=base_url, cache=cache, progress=progress, size=entry.source.size
         )
     model, variables, usage = load(path, weights.torchvision_arch(entry), head=head)
+    return _adapted(model, variables, usage, num_classes, key, options)
+
+
+def _adapted(
+    model: VGG,
+    variables: dict[str, Any],
+    usage: Usage,
+    num_classes: int | None,
+    key: Any,
+    options: dict[str, Any],
+) -> Loaded:
+    """`pretrained`'s result: `options` applied, fc8 replaced for another `num_classes`."""
     num_classes = model.num_classes if num_classes is None else num_classes
     model = model.clone(num_classes=num_classes, **options)
     params = dict(variables["params"])

@@ -2,12 +2,17 @@
 
 `list_models()` names every architecture `create_model` builds; `list_pretrained()` names every
 weight file `vgg_flax.pretrained` can fetch; `weights_name` finds the weights of an architecture.
+`TIMM_HUB_WEIGHTS` names timm's hub repositories of torchvision's weights, which
+`vgg_flax.pretrained` (and `vgg_flax.load("hf-hub:...")`) also take.
 """
 
 from __future__ import annotations
 
 from vgg_flax.models import arch as arch_lib
 from vgg_flax.weights import registry as weights
+
+# timm's copies of torchvision's ImageNet weights on the Hugging Face hub, in timm's layout.
+TIMM_HUB_WEIGHTS = tuple(f"timm/{name}.tv_in1k" for name in arch_lib.TORCHVISION_ARCHS)
 
 
 def list_models() -> list[str]:
@@ -42,8 +47,8 @@ def weights_name(name: str, batch_norm: bool = False) -> str:
         letter, named_bn = arch_lib.resolve(name)
     except ValueError:
         raise ValueError(
-            f"no pretrained weights named {name!r}; choose one of {', '.join(list_pretrained())} "
-            "or an architecture (A .. E)"
+            f"no pretrained weights named {name!r}; choose one of {', '.join(list_pretrained())}, "
+            "an architecture (A .. E) or a hub repository such as timm/vgg16_bn.tv_in1k"
         ) from None
     wanted = (letter, named_bn or batch_norm)
     for key, entry in weights.TORCHVISION_WEIGHTS.items():

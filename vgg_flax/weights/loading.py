@@ -1,10 +1,12 @@
 """One loader for every kind of weights: `load(source) -> (model, variables, usage)`, and `save`.
 
 A source is a vgg-flax checkpoint directory (written by `save`, `vgg-flax convert` or a training
-run's `model/`), a torchvision `.pth` file, a Keras `.h5`, a Caffe `.caffemodel` or a state dict
-(name -> array). The architecture comes from the checkpoint's metadata, or from the tensors'
-shapes. The usage record (`vgg_flax.weights.usage.Usage`) comes from `read_usage`, the one place
-a checkpoint's metadata is read.
+run's `model/`), a torchvision `.pth` file, a `.safetensors` file or weights folder
+(`vgg_flax.weights.folder`: torchvision's, timm's or vgg-flax's layout), a hub repository
+("hf-hub:timm/vgg16.tv_in1k", `vgg_flax.weights.hub`), a Keras `.h5`, a Caffe `.caffemodel` or a
+state dict (name -> array). The architecture comes from the checkpoint's metadata, or from the
+tensors' shapes. The usage record (`vgg_flax.weights.usage.Usage`) comes from `read_usage`, the
+one place a checkpoint's metadata is read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vgg_flax.formats.torchvision import from_torchvision, infer_arch
 from vgg_flax.models import arch as arch_lib
 from vgg_flax.models.vgg import VGG, architecture, create_model
 from vgg_flax.preprocessing import get_preset
-from vgg_flax.weights import checkpoint, registry
+from vgg_flax.weights import checkpoint, folder, hub, registry
 from vgg_flax.weights import usage as usage_lib
 from vgg_flax.weights.usage import Usage
 
@@ -44,9 +46,17 @@ def load(
     arch: str | None = None,
     *,
     head: str = "auto",
+    revision: str | None = None,
+    cache: str | os.PathLike | None = None,
     **options: Any,
 ) -> Loaded:
     """`(model, variables, usage)` from a checkpoint directory, a weight file or a state dict.
+
+    "hf-hub:OWNER/NAME" loads a hub repository's model.safetensors and config.json (timm's
+    `timm/vgg16.tv_in1k` ...) through huggingface_hub's cache (`cache`: its folder), at
+    `revision` (a branch, tag or commit; default "main"); `vgg_flax.weights.hub.fetch` says how
+    files are checked and what offline mode does. A `.safetensors` file or a folder holding
+    `model.safetensors` reads in torchvision's, timm's or vgg-flax's layout.
 
     Keras `.h5` files and Caffe `.caffemodel` files (the authors' VGG16/VGG19) load too; their
     architecture comes from the file (`arch`, if given, is checked against it).
@@ -58,7 +68,18 @@ def load(
     network (see `read_usage`).
     """
     param_dtype = options.get("param_dtype")
-    if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+    fetched = None
+    if isinstance(source, str) and source.startswith(hub.PREFIX):
+        fetched = hub.fetch(source, revision=revision, cache=cache)
+        source = fetched.folder
+    elif revision is not None or cache is not None:
+        raise ValueError("revision= and cache= are for hub weights ('hf-hub:OWNER/NAME')")
+    if folder.is_safetensors(source):  # before checkpoints: a weights folder is a folder too
+        variables, usage = folder.read(source, arch, head=head, dtype=param_dtype)
+        model = create_model(**usage.architecture, **options)
+        if fetched is not None:
+            usage = dataclasses.replace(usage, source=fetched.source, name=fetched.repo)
+    elif isinstance(source, str | os.PathLike) and os.path.isdir(source):
         variables, metadata = checkpoint.read_model(source)  # hash and metadata checked
         usage = _usage_of_checkpoint(source, metadata)
         model = create_model(**usage.architecture, **options)
@@ -77,7 +98,7 @@ def load(
     else:
         raise ValueError(
             f"{os.fspath(source)!r} is neither a vgg-flax checkpoint directory, a torchvision "
-            ".pth file, a Keras .h5 file nor a Caffe .caffemodel"
+            ".pth file, a .safetensors file or folder, a Keras .h5 file nor a Caffe .caffemodel"
         )
     usage = _completed(usage, model, variables)
     cast = (lambda x: jnp.asarray(x, param_dtype)) if param_dtype else jnp.asarray
@@ -89,9 +110,16 @@ def save(
     model: VGG,
     variables: Mapping[str, Any],
     usage: Usage | None = None,
+    *,
+    format: str = "orbax",
+    layout: str | None = None,
     **metadata: Any,
 ) -> str:
     """Write `variables` with their usage record (and `metadata`) for `load`; atomic.
+
+    `format`: "orbax" (a vgg-flax checkpoint) or "safetensors": a folder of model.safetensors
+    and timm's config.json that timm and torchvision load too (`vgg_flax.weights.folder.write`;
+    `layout` "torchvision", "timm" or "vgg-flax", by default torchvision's for its architectures).
 
     `usage` defaults to torchvision's preprocessing; its architecture is always `model`'s. The
     record's older keyword forms are still taken (preprocessing= a preset name or `Preset`,
@@ -109,6 +137,13 @@ def save(
     elif legacy:
         raise ValueError(f"give {sorted(legacy)} in the usage record, not beside it")
     usage = dataclasses.replace(usage, architecture=architecture(model))
+    if format == "safetensors":
+        return folder.write(directory, model, variables, usage, layout=layout, **metadata)
+    if format != "orbax" or layout is not None:
+        raise ValueError(
+            f"format={format!r}, layout={layout!r}: choose format 'orbax' (no layout) or "
+            "'safetensors' (layout 'torchvision', 'timm' or 'vgg-flax')"
+        )
     return checkpoint.save_model(directory, variables, usage_lib.to_metadata(usage, **metadata))
 
 
