@@ -179,6 +179,15 @@ def test_saved_folder_loads_in_timm_and_torchvision(reference, tmp_path):
     config = json.load(open(os.path.join(folder, "config.json")))
     assert config["architecture"] == "vgg11_bn"
     assert preset_from_config(config) == PRESETS["torchvision"]
+    # And vgg_flax.load reads the torchvision-layout folder back, bit for bit.
+    loaded = vgg_flax.load(folder)
+    assert loaded.model == reference.model and loaded.usage.preprocessing == PRESETS["torchvision"]
+    for (path, ours), theirs in zip(
+        jax.tree_util.tree_leaves_with_path(loaded.variables),
+        jax.tree.leaves(reference.variables),
+        strict=True,
+    ):
+        assert np.array_equal(ours, theirs), path
 
 
 def test_timm_layout_renames():
