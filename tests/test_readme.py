@@ -69,6 +69,7 @@ SLOW = (
 # They are compiled and their imports and vgg_flax names checked (test_slow_python_compiles).
 PY_SLOW = (
     (r"imagenet2012", "needs ILSVRC-2012 prepared"),
+    (r"hf-hub:timm/", "downloads timm's weights from the Hugging Face hub (0.5 GB)"),
     (
         r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(",
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
