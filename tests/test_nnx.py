@@ -16,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 from test_train_loop import finish, start
+from train_runner import NNX_NET
 
 import vgg_flax
 import vgg_flax.nnx as vnnx
@@ -114,7 +115,7 @@ def test_nnx_gives_linen_logits_features_gradients_and_batch_stats(arch, batch_n
     nnx.update(model, state)
     assert features.keys() == set(wanted) and float(jnp.abs(features["logits"]).max()) > 0.1
     assert_trees_close(features, ref_features, **TOL)
-    assert_trees_close(grads.to_pure_dict(), ref_grads, **TOL)
+    assert_trees_close(nnx.to_pure_dict(grads), ref_grads, **TOL)
     # The training call updated the model's running statistics as Linen's mutable apply does.
     _, now = vnnx.to_linen(model)
     if batch_norm:
@@ -128,9 +129,9 @@ def test_same_parameter_names_and_exact_round_trips():
     linen, variables = narrow("A", batch_norm=True)
     model = vnnx.from_linen(linen, variables)
     # NNX attributes carry the Linen names: model.conv1_1["kernel"], model.bn1_1["mean"].
-    assert model.conv1_1["kernel"].value is variables["params"]["conv1_1"]["kernel"]
+    assert model.conv1_1["kernel"].get_value() is variables["params"]["conv1_1"]["kernel"]
     assert isinstance(model.bn1_1["mean"], nnx.BatchStat)
-    assert nnx.state(model, nnx.Param).to_pure_dict() == variables["params"]
+    assert nnx.to_pure_dict(nnx.state(model, nnx.Param)) == variables["params"]
     back_model, back = vnnx.to_linen(model)
     assert back_model is linen and back.keys() == variables.keys()
     assert jax.tree.structure(back) == jax.tree.structure(variables)
@@ -139,15 +140,16 @@ def test_same_parameter_names_and_exact_round_trips():
     again = vnnx.from_linen(*vnnx.to_linen(model))
     assert jax.tree.all(
         jax.tree.map(
-            lambda a, b: a is b, nnx.state(again).to_pure_dict(), nnx.state(model).to_pure_dict()
+            lambda a, b: a is b,
+            nnx.to_pure_dict(nnx.state(again)),
+            nnx.to_pure_dict(nnx.state(model)),
         )
     )
 
 
 def test_create_model_initialises_as_linen_from_the_params_stream():
-    options = {**NARROW, "kernels": "lax"}
-    model = vnnx.create_model("A", batch_norm=True, rngs=nnx.Rngs(params=3, dropout=4), **options)
-    linen = create_model("A", batch_norm=True, **options)
+    model = vnnx.create_model(**NNX_NET, rngs=nnx.Rngs(params=3, dropout=4))
+    linen = create_model(**NNX_NET)
     expected = init_variables(linen, nnx.Rngs(params=3).params(), 32)
     assert model.linen == linen
     assert_trees_close(vnnx.to_linen(model)[1], expected, rtol=0, atol=0)
@@ -237,7 +239,11 @@ def test_bad_input_is_refused_with_the_fix():
 
 def test_training_step_on_four_devices_equals_one_device(tmp_path):
     out = tmp_path / "nnx_step.npz"
-    finish(start("--nnx-step", str(out), devices=4))
+    # FAST's options as flags: both meshes compile with them, so the comparison is unchanged.
+    flags = "--xla_force_host_platform_device_count=4 " + " ".join(
+        f"--{name}={str(value).lower()}" for name, value in FAST.items()
+    )
+    finish(start("--nnx-step", str(out), extra_env={"XLA_FLAGS": flags}))
     saved = np.load(out)
     assert int(saved["devices"]) == 4
     names = sorted(name[len("one") :] for name in saved.files if name.startswith("one["))

@@ -171,7 +171,7 @@ def to_linen(model: VGG) -> tuple[linen_vgg.VGG, dict[str, Any]]:
     """
     variables = {}
     for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
-        tree = nnx.state(model, kind).to_pure_dict()
+        tree = nnx.to_pure_dict(nnx.state(model, kind))
         if tree:
             variables[collection] = tree
     return model.linen, variables
