@@ -173,6 +173,8 @@ def test_dropout_draws_from_the_model_stream_and_advances():
     )
     with pytest.raises(ValueError, match="'dropout' rng stream"):
         vnnx.from_linen(linen, variables)(x, train=True)
+    with pytest.raises(TypeError, match=r"rngs=nnx.Rngs\(dropout=k\)"):
+        model(x, train=True, rngs=jax.random.key(0))
     np.testing.assert_array_equal(vnnx.from_linen(linen, variables)(x), linen.apply(variables, x))
 
 

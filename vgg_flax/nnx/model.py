@@ -75,6 +75,12 @@ class VGG(nnx.bridge.ToNNX):
         **kwargs: Any,
     ) -> jax.Array | dict[str, jax.Array]:
         """Run the network; see the class docstring and the Linen `vgg_flax.VGG.__call__`."""
+        if rngs is not None and not isinstance(rngs, nnx.Rngs):
+            # The bridge would take a bare key as the "params" stream, which dropout never sees.
+            raise TypeError(
+                f"rngs must be an nnx.Rngs, got {type(rngs).__name__}; for a key k pass "
+                "rngs=nnx.Rngs(dropout=k)"
+            )
         _check_dropout_rngs(self.linen, train, rngs or self.to_nnx__rngs, kwargs)
         # Training updates BatchNorm's running statistics: the bridge writes them back to self.
         mutable = ["batch_stats"] if train and self.linen.batch_norm else False
