@@ -199,12 +199,19 @@ def check_digits_data(ns: dict) -> None:
     assert ns["test"]["image"].shape == (120, 32, 32, 3) and "mask" in ns["test"]
 
 
+def check_nnx_finetune(ns: dict) -> None:
+    assert len(ns["losses"]) == 3 and all(np.isfinite(ns["losses"]))
+    assert int(ns["optimizer"].step[...]) == 3
+    assert set(ns["variables"]) == {"params", "batch_stats"}  # the demo's VGG-A has BatchNorm
+
+
 # (page, heading) -> assertions on the namespace a run block leaves; every entry must match a
 # block that runs (test_checks_match_blocks).
 CHECKS = {
     ("README.md", "Build a model and run it"): check_readme_model,
     ("docs/models.md", "Build a model and run it"): check_models_page,
     ("docs/data.md", "Data"): check_digits_data,
+    ("docs/nnx.md", "Training"): check_nnx_finetune,
 }
 
 
