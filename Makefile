@@ -17,10 +17,13 @@ demo: $(STAMP)
 	rm -rf runs/demo  # a fresh run each time (restarting with the same workdir would resume)
 	$(PY) -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
 
+# Tests run in TEST_WORKERS processes (pytest-xdist); the big-memory ones share one of them.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Line coverage of vgg_flax/ over the whole suite, its subprocesses included (.coveragerc).
 coverage: $(STAMP)

@@ -166,4 +166,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             markers.update(PROGRAM_NEEDS.get(os.path.basename(command.split()[0]), ()))
         for marker in sorted(markers - {m.name for m in item.iter_markers()}):
             item.add_marker(marker)
+        if item.get_closest_marker("big_memory"):
+            # Under pytest-xdist (`make test`), one worker runs them all, one after the other.
+            item.add_marker(pytest.mark.xdist_group("big_memory"))
     items.sort(key=lambda item: item.get_closest_marker("big_memory") is None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from train_runner import small_config
 
 # A short digits run: narrow VGG-A, 160 steps of 32 (~75% test accuracy); its evaluation covers
@@ -25,13 +27,22 @@ DIGITS_RUN = {
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> tuple[Path, dict]:
+def digits_run(tmp_path_factory, worker_id) -> tuple[Path, dict]:
     """(workdir, summary) of one short digits training run, made once per test session.
 
     Tests read it and must not change it (copy it first).
     """
     from vgg_flax.train import trainer
 
-    workdir = tmp_path_factory.mktemp("digits_run")
-    summary = trainer.train(small_config(DIGITS_RUN), str(workdir))
-    return workdir, summary
+    if worker_id == "master":  # one process: a folder of this session's own
+        workdir = tmp_path_factory.mktemp("digits_run")
+        return workdir, trainer.train(small_config(DIGITS_RUN), str(workdir))
+    # pytest-xdist's workers share the session's base folder: the first to get there trains,
+    # the others wait for it and read its summary.
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, done = shared / "digits_run", shared / "digits_run.json"
+    with FileLock(str(shared / "digits_run.lock")):
+        if not done.exists():
+            summary = trainer.train(small_config(DIGITS_RUN), str(workdir))
+            done.write_text(json.dumps(summary))
+    return workdir, json.loads(done.read_text())

@@ -19,6 +19,27 @@ CONFIG_FILE = "config.json"
 HPARAM_METRICS = ("eval/accuracy", "eval/top5", "eval/loss", "train/loss")
 
 
+def _summary_writer(logdir: str) -> Any:
+    """tensorboardX's SummaryWriter for `logdir`, imported without importing torch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors, which
+    this writer never gets: seconds of every run's start-up. While tensorboardX loads, a None in
+    sys.modules makes its `import torch` fail as if torch were absent (a torch imported before
+    is used as it is).
+    """
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
+
+
 class MetricsWriter:
     """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tb`."""
 
@@ -30,10 +51,8 @@ class MetricsWriter:
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-
             os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = _summary_writer(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: Mapping[str, float], *, kind: str) -> None:
         """Record `scalars` of `kind` ("train" or "eval") at `step` in both outputs."""
