@@ -9,11 +9,10 @@ the final loss agrees to 1e-4. vgg11_bn uses the same dropout masks on both side
 device and on four simulated ones. Each run is shared by the assertions about it (module
 fixtures); the four-device run (a process of its own) runs beside the one-device runs.
 
-One run is full width: vgg11_bn in float64 with dropout, 4096-unit fc6/fc7 (the full-width
-training parity of every layer kind: conv, BatchNorm, dropout, the classifier head). The others
-keep the full conv trunk and narrow fc6/fc7 to NARROW_HEAD units: the step drop, the optimiser's
-update of every parameter and the float32 drift are the same code at any head width, and a
-full-width float64 run costs ~8 GB and minutes.
+The runs are of narrow nets (NARROW: every conv's channels and fc6/fc7 narrowed alike on both
+sides): the step drop, the optimiser's update of every parameter, BatchNorm, dropout and the
+float32 drift are the same code at any width, and a full-width float64 run costs ~8 GB and minutes (docs/parity.md shows
+the full-width command; the forward and backward passes at full width are tests/test_parity.py's).
 """
 
 import os
@@ -24,7 +23,7 @@ import pytest
 
 from vgg_flax.parity.training import TrainSetup, compare_training
 
-# Full-width float64 runs (~8 GB): before the rest of the suite grows this process.
+# A four-device process beside this one: the group runs in one pytest-xdist worker.
 pytestmark = pytest.mark.big_memory
 
 LOSS_TOL = 1e-10
@@ -35,13 +34,15 @@ DEVICES = 4
 PLATEAU = {"schedule": "plateau", "evaluations": ((3, 0.5), (4, 0.5)), "patience": 1}
 BN_SETUP = {"l2_mask": "kernels", "dropout": 0.5, **PLATEAU}
 # Four simulated devices each hold a replica of the parameters, momentum and gradients: in
-# float64, four replicas of the full vgg11_bn (133M parameters) peak at ~22 GB. This run keeps
-# the full conv trunk and narrows fc6/fc7 to 256 units (16M parameters): a ~5 GB peak.
-NARROW_HEAD = 256
-NARROW = {"head_width": NARROW_HEAD}
+# float64, four replicas of the full vgg11_bn (133M parameters) peak at ~22 GB; docs/parity.md
+# gives the command with --head-width 256 (a ~5 GB peak) for machines with the memory.
+NARROW_HEAD = 64
+NARROW_WIDTH = 0.25
+NARROW = {"head_width": NARROW_HEAD, "width": NARROW_WIDTH}
 FOUR_DEVICE_ARGS = [
     *("parity", "vgg11_bn", "--train-steps", "10", "--size", "64", "64", "--batch", "8"),
     *("--devices", str(DEVICES), "--head-width", str(NARROW_HEAD), "--dropout", "0.5"),
+    *("--width", str(NARROW_WIDTH)),
     *("--l2-mask", "kernels", "--schedule", "plateau", "--patience", "1"),
     *("--evaluation", "3=0.5", "--evaluation", "4=0.5"),
 ]
@@ -76,7 +77,7 @@ def vgg11_float64(four_devices):
 
 @pytest.fixture(scope="module")
 def vgg11_bn_float64_dropout(four_devices):
-    return compare_training("vgg11_bn", TrainSetup(**BN_SETUP))
+    return compare_training("vgg11_bn", TrainSetup(**BN_SETUP, **NARROW))
 
 
 def _assert_exact(report):
@@ -132,6 +133,7 @@ def test_four_simulated_devices_match_one_torch_process(four_devices):
     assert four_devices.returncode == 0, stdout + stderr  # 0: nothing parts beyond 1e-9
     lines = stdout.splitlines()
     assert f"{DEVICES} device(s)" in lines[0] and f"head width {NARROW_HEAD}" in lines[0]
+    assert f"width {NARROW_WIDTH:g}" in lines[0]
     rows = [line.split() for line in lines if line[:4].strip().isdigit()]
     assert [int(r[0]) for r in rows] == list(range(1, 11))
     assert float(rows[3][1]) == pytest.approx(0.01) and float(rows[4][1]) == pytest.approx(1e-3)

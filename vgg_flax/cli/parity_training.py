@@ -51,7 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=HEAD_WIDTH,
         help="units of fc6 and fc7 on both sides (a narrow head keeps float64 runs over several "
-        "simulated devices small; the conv trunk stays full)",
+        "simulated devices small)",
+    )
+    group.add_argument(
+        "--width",
+        type=float,
+        default=1.0,
+        help="multiplier of every conv's channels on both sides (e.g. 0.25 for a narrow net)",
     )
     group.add_argument(
         "--threshold", type=float, help="where the runs part (default: 1e-9 float64, 1e-4 float32)"
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         devices=args.devices,
         seed=args.seed,
         head_width=args.head_width,
+        width=args.width,
     )
     report = compare_training(args.arch, setup, threshold=args.threshold)
     print(format_report(report))

@@ -28,7 +28,14 @@ from vgg_flax.formats.torchvision import (
     torchvision_entries,
     torchvision_modules,
 )
-from vgg_flax.models.arch import HEAD_INPUT_SIZE, HEAD_WIDTH, TORCHVISION_ARCHS, activation_names
+from vgg_flax.models.arch import (
+    HEAD_INPUT_SIZE,
+    HEAD_WIDTH,
+    TORCHVISION_ARCHS,
+    activation_names,
+    layers,
+    resolve,
+)
 from vgg_flax.models.vgg import create_model
 from vgg_flax.weights.loading import load
 
@@ -221,16 +228,38 @@ def float32_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
 
 
+def _narrow_trunk(arch: str, width: float) -> Any:
+    """torchvision's conv trunk of `arch` (make_layers) with vgg-flax's channels at `width`."""
+    import torch
+    import torchvision
+
+    table1, batch_norm = resolve(arch)
+    widths = {layer.name: layer.features for layer in layers(table1, width)}
+    config = [
+        "M" if layer.kind == "pool" else widths[layer.name]
+        for layer in layers(table1)
+        if layer.kind in ("conv", "pool")
+    ]
+    trunk = torchvision.models.vgg.make_layers(config, batch_norm=batch_norm)
+    for module in trunk.modules():  # torchvision's VGG init (VGG.__init__ applies it)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
+    return trunk
+
+
 def torch_model(
     arch: str,
     state: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     head_width: int = HEAD_WIDTH,
+    width: float = 1.0,
 ) -> Any:
     """torchvision's `arch` with `state` loaded strictly, or seeded random weights (`randomize`).
 
-    `head_width` (random weights only) replaces the 4096 units of fc6 and fc7, initialised as
-    torchvision initialises them: a full conv trunk with a small head (small float64 runs).
+    `head_width` and `width` (random weights only) replace the 4096 units of fc6 and fc7 and
+    scale every conv's channels as `create_model(..., width=)` does, initialised as torchvision
+    initialises them: torchvision's own modules at the size of a narrow vgg-flax net.
     """
     import torch
     import torchvision
@@ -238,8 +267,11 @@ def torch_model(
     torch.manual_seed(seed)
     if state is None:
         model = torchvision.models.get_model(arch, weights=None)
-        if head_width != HEAD_WIDTH:
-            widths = (model.classifier[0].in_features, head_width, head_width, 1000)
+        if width != 1.0:
+            model.features = _narrow_trunk(arch, width)  # the head is rebuilt below for it
+        if head_width != HEAD_WIDTH or width != 1.0:
+            trunk_out = [m.out_channels for m in model.features if hasattr(m, "out_channels")][-1]
+            widths = (trunk_out * HEAD_INPUT_SIZE**2, head_width, head_width, 1000)
             for index, (fan_in, fan_out) in zip((0, 3, 6), itertools.pairwise(widths), strict=True):
                 layer = torch.nn.Linear(fan_in, fan_out)
                 torch.nn.init.normal_(layer.weight, 0, 0.01)  # torchvision's VGG init

@@ -66,7 +66,8 @@ class TrainSetup:
     dropout: float = 0.0
     devices: int = 1
     seed: int = 0
-    head_width: int = HEAD_WIDTH  # fc6/fc7 units on both sides (the conv trunk stays full)
+    head_width: int = HEAD_WIDTH  # fc6/fc7 units on both sides
+    width: float = 1.0  # every conv's channels scaled on both sides (as create_model's width=)
 
 
 @dataclasses.dataclass
@@ -116,7 +117,7 @@ def compare_training(
 
     _check(arch, setup)
     threshold = THRESHOLDS[setup.dtype] if threshold is None else threshold
-    net = torch_model(arch, seed=setup.seed, head_width=setup.head_width)
+    net = torch_model(arch, seed=setup.seed, head_width=setup.head_width, width=setup.width)
     net = net.to(getattr(torch, setup.dtype))
     steps, parted, final = [], None, []
     with float32_precision(), jax.enable_x64(setup.dtype == "float64"):
@@ -154,6 +155,7 @@ def format_report(report: TrainParityReport) -> str:
         f"{report.arch}: {setup.steps} training steps, batch {setup.batch} of "
         f"{setup.size[0]}x{setup.size[1]}, {setup.dtype}, {setup.devices} device(s) for vgg-flax, "
         f"{'' if setup.head_width == HEAD_WIDTH else f'head width {setup.head_width}, '}"
+        f"{'' if setup.width == 1.0 else f'width {setup.width:g}, '}"
         f"{f'dropout {setup.dropout:g} (the same masks)' if setup.dropout else 'no dropout'}, "
         f"schedule {setup.schedule}, "
         f"l2 {setup.l2_mask} {setup.weight_decay:g}, momentum {setup.momentum:g}",
@@ -189,6 +191,8 @@ def _check(arch: str, setup: TrainSetup) -> None:
         raise ValueError("need at least 1 step and a batch of at least 2 (BatchNorm's variance)")
     if setup.head_width < 1:
         raise ValueError(f"head width must be at least 1, got {setup.head_width}")
+    if not setup.width > 0:
+        raise ValueError(f"width must be positive, got {setup.width}")
     if setup.batch % setup.devices:
         raise ValueError(f"batch {setup.batch} does not split over {setup.devices} devices")
     if setup.evaluations and setup.schedule != "plateau":
@@ -259,6 +263,7 @@ class _FlaxRun:
             arch,
             num_classes=len(variables["params"]["fc8"]["bias"]),
             head_width=setup.head_width,
+            width=setup.width,
             dropout_rate=setup.dropout,
             dtype=dtype,
             param_dtype=dtype,
