@@ -30,7 +30,14 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     # These data fields are the input pipeline's (vgg_flax.data.config); the base config may
     # not list them yet.
     config.data = ml_collections.ConfigDict(
-        {"source": "folder", "folder": "", "split": "train", "eval_split": "val"}
+        {
+            "source": "folder",
+            "folder": "",  # folder/train/<class>/<images>, folder/val/<class>/<images>
+            "split": "train",
+            "eval_split": "val",
+            "flip": True,  # False for images whose mirror is another class (digits, text)
+            "pca_lighting": 0.0,  # the paper's colour shift (0.1) off: small datasets
+        }
     )
     config.batch_size = 32
     config.eval_batch_size = 32

@@ -45,8 +45,6 @@ def complete(config: Any) -> Any:
     """`config` with the weights' architecture and preprocessing when `from_weights` is set."""
     if not config.get("from_weights", False):
         return config
-    from vgg_flax.data.config import normalize_options
-
     if not config.init_from:
         raise ValueError("from_weights needs init_from: the weights to fine-tune")
     if config.get("bn_stats", "update") not in BN_STATS:
@@ -55,6 +53,15 @@ def complete(config: Any) -> Any:
     if usage.features_only:
         raise ValueError(f"{config.init_from} has no fc6/fc7 (features only): it cannot be tuned")
     config = config.copy_and_resolve_references()
+    with config.unlocked():  # absl's --config flag locks it; these fields may be new
+        _from_usage(config, usage)
+    return config
+
+
+def _from_usage(config: Any, usage: Any) -> None:
+    """Set the architecture and data fields of `config` from a usage record, in place."""
+    from vgg_flax.data.config import normalize_options
+
     spec = usage.architecture
     for field in ("arch", "batch_norm", "width", "head_width", "pooling"):
         config[field] = (
@@ -69,7 +76,6 @@ def complete(config: Any) -> Any:
     config.data.eval_scale = usage.eval_scale
     scale = usage.train_scale
     config.data.scale = scale if isinstance(scale, int) else usage.eval_scale
-    return config
 
 
 def layer_rates(config: Any, layers: Iterable[str]) -> dict[str, float] | None:

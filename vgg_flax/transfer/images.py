@@ -63,3 +63,25 @@ def image_set(paths: Sequence[str | os.PathLike]) -> ImageSet:
         if any(os.path.isdir(os.path.join(paths[0], n)) for n in entries):
             return class_folder(paths[0])
     return ImageSet(tuple(image_files(paths)))
+
+
+def digits_folder(root: str | os.PathLike, relabel: Sequence[int] | None = None) -> dict[str, str]:
+    """Write the demo's digits (32x32 renders) as PNGs in root/train|val/<class>/; the folders.
+
+    `relabel[d]` is the class digit d is filed under (e.g. a permutation: a new 10-class task
+    for fine-tuning). Class folders are named c0 .. c9. A folder of one's own images in the
+    layout every transfer command reads, made from what installs with vgg-flax.
+    """
+    from PIL import Image
+
+    from vgg_flax.data.sources import digits_arrays
+
+    folders = {}
+    for split, (images, labels, _) in digits_arrays(32).items():
+        folder = os.path.join(os.fspath(root), "val" if split == "test" else split)
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            name = f"c{label if relabel is None else relabel[label]}"
+            os.makedirs(os.path.join(folder, name), exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, name, f"{index:04d}.png"))
+        folders[split] = folder
+    return folders
