@@ -194,13 +194,20 @@ def test_bad_inputs_are_clear_errors(photos, tmp_path):
 PERMUTED = [(digit * 3 + 1) % 10 for digit in range(10)]  # a new 10-class task
 
 
-def test_probe_on_descriptors_of_the_trained_digits_net(digits_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """The demo's digits as root/train|val/<class>/ PNGs, relabelled by PERMUTED."""
+    root = tmp_path_factory.mktemp("digits")
+    digits_folder(root, PERMUTED)
+    return root
+
+
+def test_probe_on_descriptors_of_the_trained_digits_net(digits_run, digits, tmp_path, capsys):
     workdir, _ = digits_run
-    folders = digits_folder(tmp_path / "digits")
     feats = {}
-    for split, folder in folders.items():
+    for split, folder in (("train", "train"), ("test", "val")):
         feats[split] = tmp_path / f"{split}.npz"
-        args = ["features", str(folder), "--weights", str(workdir / "model")]
+        args = ["features", str(digits / folder), "--weights", str(workdir / "model")]
         args += ["--scales", "32", "--batch-size", "256"]  # the net's own size: one shape
         assert main([*args, "--out", str(feats[split])]) == 0
     capsys.readouterr()
@@ -217,15 +224,14 @@ def test_probe_on_descriptors_of_the_trained_digits_net(digits_run, tmp_path, ca
     assert logistic.metrics["mean_class_recall"] >= 0.7 and not logistic.validation
 
 
-def test_fine_tuning_with_a_frozen_trunk(digits_run, tmp_path):
+def test_fine_tuning_with_a_frozen_trunk(digits_run, digits, tmp_path):
     from experiments.configs import finetune
     from vgg_flax.train import trainer
 
     workdir, _ = digits_run
-    digits_folder(tmp_path / "permuted", PERMUTED)
     config = finetune.get_config()
     config.init_from = str(workdir / "model")
-    config.data.folder = str(tmp_path / "permuted")
+    config.data.folder = str(digits)
     config.data.flip = False  # a flipped digit is another symbol
     config.update(batch_size=32, eval_batch_size=120, total_steps=120, dropout=0.0)
     config.update(eval_every_steps=120, log_every_steps=40)
