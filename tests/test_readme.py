@@ -63,6 +63,11 @@ SLOW = (
     (r"experiments\.train .*configs/digits\.py", "a full training run (minutes on a CPU)"),
     (r"parity vgg11_bn --train-steps", "float64 training of full-width VGG-11 beside PyTorch"),
     (r"^tensorboard\b", "starts a server that runs until stopped"),
+    (
+        r"runs/digits",
+        "docs/transfer.md: the demo's full-width model on 1,797 digit images (minutes); "
+        "tests/test_transfer.py runs the same steps on the tests' narrow model",
+    ),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
@@ -75,6 +80,10 @@ PY_SLOW = (
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
     ),
     (r"vgg_dense\.onnx", "reads docs/deploy.md's ONNX export of the demo's trained model"),
+    (
+        r"runs/digits",
+        "docs/transfer.md's image folders of the digits, read by its slow commands (minutes)",
+    ),
     (
         r"\.pth\"|\.h5\"|\.caffemodel\"|\"ckpt/",
         "reads a full-size weight file (downloaded) or a checkpoint converted from one",

@@ -10,6 +10,7 @@ every update with that update's value, and keeps only the resulting scale, not t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -111,14 +112,58 @@ def schedule(
     return rate
 
 
+def scale_by_layer(rates: Mapping[str, float]) -> optax.GradientTransformation:
+    """Multiply each top-level layer's updates by `rates[layer]` (missing: 1); 0 freezes it.
+
+    A frozen layer's update is exactly zero and never reads its gradient, so XLA drops the
+    backward pass into a frozen trunk and the layer's parameters stay bit-identical.
+    """
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        unknown = set(rates) - set(updates)
+        if unknown:
+            raise ValueError(f"learning rates given for unknown layers {sorted(unknown)}")
+
+        def scaled(path: tuple, u: jax.Array) -> jax.Array:
+            factor = rates.get(_layer_name(path), 1.0)
+            if factor == 0:
+                return jnp.zeros_like(u)
+            return u if factor == 1 else u * jnp.asarray(factor, u.dtype)
+
+        return jax.tree_util.tree_map_with_path(scaled, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
-    rate: optax.Schedule, *, momentum: float = recipe.MOMENTUM
+    rate: optax.Schedule,
+    *,
+    momentum: float = recipe.MOMENTUM,
+    layer_rates: Mapping[str, float] | None = None,
 ) -> optax.GradientTransformation:
-    """SGD as in PyTorch (v <- m v + g; w <- w - lr v) at `rate(step)` times the plateau scale."""
+    """SGD as in PyTorch (v <- m v + g; w <- w - lr v) at `rate(step)` times the plateau scale.
+
+    `layer_rates` (layer name -> multiplier, `vgg_flax.transfer.freezing.layer_rates`) scales
+    each layer's rate; layers at 0 are frozen and keep no momentum.
+    """
+    trace = optax.trace(decay=momentum)
+    if layer_rates:
+        trained = {name for name, factor in layer_rates.items() if factor != 0}
+        trace = optax.masked(
+            trace,
+            lambda params: jax.tree_util.tree_map_with_path(
+                lambda path, _: (
+                    _layer_name(path) not in layer_rates or _layer_name(path) in trained
+                ),
+                params,
+            ),
+        )
     return optax.chain(
-        optax.trace(decay=momentum),
+        trace,
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=rate),
         plateau_scale(),
+        *([scale_by_layer(dict(layer_rates))] if layer_rates else []),
     )
 
 
@@ -170,6 +215,11 @@ def record_evaluation(
 def _rate_dtype() -> jnp.dtype:
     # float32, or float64 under jax.enable_x64: a float64 parity run then schedules exactly.
     return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def _layer_name(path: tuple) -> str:
+    first = path[0]
+    return str(getattr(first, "key", getattr(first, "name", first)))
 
 
 def _leaf_name(path: tuple) -> str:

@@ -59,6 +59,7 @@ def make_train_step(
     *,
     weight_decay: float,
     l2_mask: str,
+    frozen_bn: tuple[str, ...] = (),
 ) -> Callable[[State, dict[str, jax.Array]], tuple[State, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`, jitted; donates `state`.
 
@@ -66,7 +67,9 @@ def make_train_step(
     the L2 term on the parameters `optim.l2_mask(params, l2_mask)` selects.
     Dropout draws from fold_in(base key, step), so a resumed run draws the same masks, unless
     the batch holds "dropout_masks" ({"fc6": keep, "fc7": keep}, as `VGG.__call__` takes
-    them): parity runs give both frameworks the same masks that way. The
+    them): parity runs give both frameworks the same masks that way. The BatchNorm layers named
+    in `frozen_bn` (a frozen trunk's) normalise with their running statistics and keep them, as
+    in evaluation, while the rest of the net trains. The
     metric "params_finite" says whether every updated parameter is finite; "learning_rate" is
     the rate this step used.
     """
@@ -76,7 +79,7 @@ def make_train_step(
 
         def loss_fn(params: Any):
             variables = model_variables({**state, "params": params})
-            logits, updates = model.apply(
+            logits, updates = _apply_frozen_bn(frozen_bn, model.apply)(
                 variables,
                 batch["image"],
                 train=True,
@@ -123,6 +126,27 @@ def make_train_step(
         donate_argnums=0,
         compiler_options=compiler_options(),
     )
+
+
+def _apply_frozen_bn(frozen_bn: tuple[str, ...], apply: Callable) -> Callable:
+    """`apply` with the BatchNorm layers named in `frozen_bn` run in evaluation mode."""
+    if not frozen_bn:
+        return apply
+    import flax.linen as nn
+
+    from vgg_flax.models.layers import BatchNorm
+
+    def interceptor(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+        module = context.module
+        if isinstance(module, BatchNorm) and module.name in frozen_bn:
+            return next_fun(args[0], False)  # running statistics, not updated
+        return next_fun(*args, **kwargs)
+
+    def frozen(*args: Any, **kwargs: Any) -> Any:
+        with nn.intercept_methods(interceptor):
+            return apply(*args, **kwargs)
+
+    return frozen
 
 
 @functools.cache

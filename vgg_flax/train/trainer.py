@@ -32,6 +32,7 @@ from vgg_flax.train import metrics as metrics_lib
 from vgg_flax.train import optim
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
+from vgg_flax.transfer import finetune
 from vgg_flax.weights import checkpoint
 from vgg_flax.weights import loading as loader
 from vgg_flax.weights import usage as usage_lib
@@ -134,6 +135,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     """
     from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
 
+    config = finetune.complete(config)  # fine-tuning: the weights' architecture and inputs
     check_config(config)
     started = time.perf_counter()
     compile_cache.enable()  # a rerun of the same config skips compiling its steps
@@ -171,6 +173,17 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     identity = architecture(model)
     record = usage(model, data_config, train_iter.source.class_names)
     step_every = round(config.optim.step_epochs * steps_per_epoch)
+
+    # ----- Initial state: fresh, or weights from a trained net ------------------------------
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    variables = init_variables(model, init_key, data_config.crop_size)
+    if config.init_from:
+        variables = start_from(
+            variables, model.arch, config.init_from, config.init_skip, record.preprocessing
+        )
+    # Fine-tuning: frozen layers (rate 0) and per-layer rates; frozen BatchNorm statistics.
+    layer_rates = finetune.layer_rates(config, variables["params"])
+    frozen_bn = finetune.frozen_batch_norms(config, layer_rates)
     tx = optim.make_optimizer(
         optim.schedule(
             config.optim.schedule,
@@ -180,15 +193,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             warmup_steps=config.optim.warmup_steps,
         ),
         momentum=config.optim.momentum,
+        layer_rates=layer_rates,
     )
-
-    # ----- Initial state: fresh, or weights from a trained net ------------------------------
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    variables = init_variables(model, init_key, data_config.crop_size)
-    if config.init_from:
-        variables = start_from(
-            variables, model.arch, config.init_from, config.init_skip, record.preprocessing
-        )
     state = create_state(variables, dropout_key, mesh, tx)
     del variables
 
@@ -214,6 +220,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         tx,
         weight_decay=config.optim.weight_decay,
         l2_mask=config.optim.l2_mask,
+        frozen_bn=frozen_bn,
     )
     eval_step = make_eval_step(model, mesh)
     # Only the "plateau" schedule reads the plateau rule's drops; the others ignore evaluations.
@@ -397,7 +404,7 @@ def start_from(
     warm start from weights trained on other inputs (another mean, channel order or scale)
     starts from features that do not fit, so it is said.
     """
-    source_model, source, source_usage = loader.load(path)
+    source_model, source, source_usage = finetune.load_weights(path)  # pretrained names too
     theirs = source_usage.preprocessing
     if preprocessing is not None and _values(theirs) != _values(preprocessing):
         _say(
