@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "vgg_flax.cli.parity",
     "vgg_flax.cli.prepare_data",
     "vgg_flax.cli.predict",
+    "vgg_flax.cli.similarity",
     "vgg_flax.cli.export",
     "vgg_flax.cli.train",
     "vgg_flax.cli.evaluate",
