@@ -63,6 +63,7 @@ SLOW = (
     (r"experiments\.train .*configs/digits\.py", "a full training run (minutes on a CPU)"),
     (r"parity vgg11_bn --train-steps", "float64 training of full-width VGG-11 beside PyTorch"),
     (r"^tensorboard\b", "starts a server that runs until stopped"),
+    (r"^vgg-flax similarity\b", "downloads torchvision's vgg16 (0.5 GB) for its trunk"),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
@@ -70,7 +71,7 @@ SLOW = (
 PY_SLOW = (
     (r"imagenet2012", "needs ILSVRC-2012 prepared"),
     (
-        r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(",
+        r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(|load_dists\(",
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
     ),
     (r"vgg_dense\.onnx", "reads docs/deploy.md's ONNX export of the demo's trained model"),
