@@ -38,10 +38,23 @@ from vgg_flax.perceptual.normalise import normalise_activations
 
 
 def random_trunk(seed: int = 0):
-    """A seeded random VGG16 trunk (convolutions only), for runs without downloaded weights."""
+    """A seeded random VGG16 trunk (convolutions only, He-normal), for runs without weights.
+
+    Drawn with numpy from the shapes alone: no initialisation program to compile.
+    """
     model = create_model("vgg16")
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), features=("pool5",))
-    return model, variables
+    shapes = jax.eval_shape(
+        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
+        jax.random.key(seed),
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        if len(leaf.shape) == 1:
+            return np.zeros(leaf.shape, np.float32)
+        return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+
+    return model, jax.tree.map(draw, shapes)
 
 
 def photos(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
