@@ -64,6 +64,7 @@ SLOW = (
     (r"parity vgg11_bn --train-steps", "float64 training of full-width VGG-11 beside PyTorch"),
     (r"^tensorboard\b", "starts a server that runs until stopped"),
     (r"^vgg-flax similarity\b", "downloads torchvision's vgg16 (0.5 GB) for its trunk"),
+    (r"experiments\.perceptual_train\b", "trains against full-width VGG-16 metrics for minutes"),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
