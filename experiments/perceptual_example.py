@@ -37,12 +37,13 @@ from vgg_flax.perceptual.lpips import TAPS, load_lpips
 from vgg_flax.perceptual.normalise import normalise_activations
 
 
-def random_trunk(seed: int = 0):
+def random_trunk(seed: int = 0, model=None):
     """A seeded random VGG16 trunk (convolutions only, He-normal), for runs without weights.
 
-    Drawn with numpy from the shapes alone: no initialisation program to compile.
+    `(model, variables)`; `model` replaces VGG16 (e.g. a narrow one). Drawn with numpy from the
+    shapes alone: no initialisation program to compile.
     """
-    model = create_model("vgg16")
+    model = model or create_model("vgg16")
     shapes = jax.eval_shape(
         lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
         jax.random.key(seed),

@@ -26,6 +26,7 @@ import torchvision
 from DISTS_pytorch import DISTS_pt
 from PIL import Image
 from sklearn.datasets import load_sample_images
+from vgg_flax.experiments.perceptual_example import random_trunk
 
 from vgg_flax import create_model
 from vgg_flax.parity.torchvision import float32_precision
@@ -109,26 +110,11 @@ def test_input_gradients_as_close_as_torch_float32_to_float64():
     assert _rel(ours, grads[torch.float64]) <= max(2 * torch_error, 1e-6)
 
 
-def _seeded(model, seed: int = 0):
-    """Seeded He-normal variables of `model`'s trunk (numpy: no init program to compile)."""
-    shapes = jax.eval_shape(
-        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
-        jax.random.key(0),
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        fan_in = np.prod(leaf.shape[:-1]) if len(leaf.shape) > 1 else 1e4
-        return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
-
-    return jax.tree.map(draw, shapes)
-
-
 @functools.cache
 def _narrow():
     """A DISTS on a narrow seeded VGG-16 with random alpha/beta: the options need no full width."""
     model = create_model("vgg16", width=0.125, head_width=8, pooling="l2")
-    variables = _seeded(model)
+    _, variables = random_trunk(model=model)
     channels = 3 + 8 + 16 + 32 + 64 + 64
     alpha, beta = jax.random.uniform(jax.random.key(1), (2, channels))
     return DISTS(variables, alpha, beta, model)

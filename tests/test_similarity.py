@@ -4,19 +4,19 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
+from vgg_flax.experiments.perceptual_example import random_trunk
 
 import vgg_flax
-from vgg_flax import create_model
 from vgg_flax.cli import main
 from vgg_flax.models.vgg import architecture
 from vgg_flax.perceptual.dists import load_dists
 from vgg_flax.perceptual.losses import perceptual_loss
 from vgg_flax.perceptual.lpips import load_lpips
+from vgg_flax.perceptual.similarity import heatmap_image
 from vgg_flax.weights.usage import Usage
 
 METRICS = ["lpips", "lpips-v0.0", "dists", "content", "style"]
@@ -26,21 +26,12 @@ METRICS = ["lpips", "lpips-v0.0", "dists", "content", "style"]
 def folders(tmp_path_factory):
     """A seeded full-width VGG-16 trunk checkpoint, and ref/ and dist/ folders of 3 photo pairs."""
     root = tmp_path_factory.mktemp("similarity")
-    model = create_model("vgg16")
-    shapes = jax.eval_shape(
-        lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
-        jax.random.key(0),
-    )
+    model, variables = random_trunk()
     rng = np.random.default_rng(0)
-
-    def draw(leaf):
-        std = np.sqrt(2 / np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.01
-        return rng.normal(0, std, leaf.shape).astype(np.float32)
-
     trunk = vgg_flax.save(
         root / "trunk",
         model,
-        jax.tree.map(draw, shapes),
+        variables,
         usage=Usage(architecture(model), features_only=True),
     )
     china, flower = load_sample_images().images
@@ -76,7 +67,7 @@ def test_scores_heatmaps_json_and_csv_equal_the_library(folders, tmp_path, capsy
     out = tmp_path / "out.json"
     argv = ["similarity", str(root / "ref"), str(root / "dist"), "--trunk", trunk, "--no-progress"]
     argv += ["--metrics", *METRICS, "--json", str(out), "--csv", str(tmp_path / "out.csv")]
-    assert main([*argv, "--heatmaps", str(tmp_path / "maps")]) == 0
+    assert main([*argv, "--heatmaps", str(tmp_path / "maps"), "--heatmap-scale", "0.05"]) == 0
     record = json.loads(out.read_text())
     assert record["complete"] and [p["name"] for p in record["pairs"]] == [
         "china.png",
@@ -94,11 +85,9 @@ def test_scores_heatmaps_json_and_csv_equal_the_library(folders, tmp_path, capsy
     for name, values in zip(names, maps, strict=True):
         png = Image.open(tmp_path / "maps" / (os.path.splitext(name)[0] + ".png"))
         assert png.size == (64, 64) and png.mode == "RGB"
-        # The brightest pixel is where the map is largest.
-        brightness = np.asarray(png, np.float32).sum(-1)
-        assert np.unravel_index(np.argmax(brightness), (64, 64)) == np.unravel_index(
-            np.argmax(values), (64, 64)
-        )
+        # The library's spatial LPIPS map, coloured (255 at --heatmap-scale).
+        expected_png = heatmap_image(values, 0.05).astype(int)
+        assert np.abs(np.asarray(png, int) - expected_png).max() <= 1 and expected_png.std() > 0
     table = capsys.readouterr().out
     assert "mean" in table and f"{record['mean']['dists']:.4f}" in table
     rows = (tmp_path / "out.csv").read_text().splitlines()
