@@ -67,8 +67,8 @@ def crops(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Measure memory with and without remat, train, write the JSON and the loss curve."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="runs/perceptual_train/", help="output folder")
     p.add_argument("--trunk", default=None, help="vgg16 weights (.pth/checkpoint) or 'random'")
@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--skip-memory", action="store_true", help="compile only the step used (no comparison)"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Measure memory with and without remat, train, write the JSON and the loss curve."""
+    args = build_parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     mesh = parallel.make_mesh()
