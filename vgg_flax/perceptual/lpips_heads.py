@@ -28,7 +28,7 @@ _IGNORED_PREFIXES = ("net.", "scaling_layer.", "lins.")
 
 
 class HeadFileError(ValueError):
-    """An LPIPS head file with a missing, misshaped or unknown layer."""
+    """An LPIPS head file (or DISTS alpha/beta file) with a missing, misshaped or unknown entry."""
 
 
 def versions() -> tuple[str, ...]:
