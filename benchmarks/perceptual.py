@@ -1,13 +1,16 @@
-"""LPIPS and a perceptual loss beside the `lpips` package on the same CPU, batch and trunk.
+"""LPIPS and DISTS beside the `lpips` package and `piq.DISTS` on the same CPU, batch and trunk.
 
-Two tasks, each timed for vgg-flax (jitted) and PyTorch (eager, the `lpips` package) in
+Four tasks, each timed for vgg-flax (jitted) and PyTorch (eager: the `lpips` package, `piq`) in
 alternating rounds within one run:
   lpips        LPIPS v0.1 distances of image pairs (forward only): pairs per second;
   lpips+grad   LPIPS distance and its gradient with respect to the first images (as a training
-               loss uses it): pairs per second.
-Both sides use the same random VGG16 trunk (`pnet_rand=True`, copied into vgg-flax) and the
-published v0.1 heads; speed does not depend on the weights' values. Float32, matmul precision
-"highest" on both sides. The ratio is vgg-flax's throughput over lpips's (> 1: vgg-flax faster).
+               loss uses it): pairs per second;
+  dists        DISTS distances (forward only) beside `piq.DISTS`;
+  dists+grad   DISTS distance and its gradient with respect to the first images.
+Both sides use the same random VGG16 trunk (`pnet_rand=True`, copied into vgg-flax and piq) and
+the published v0.1 heads and DISTS alpha/beta; speed does not depend on the weights' values.
+Inputs are uniform in [-1, 1] for LPIPS and [0, 1] for DISTS. Float32, matmul precision
+"highest" on both sides. The ratio is vgg-flax's throughput over torch's (> 1: vgg-flax faster).
 
     .venv/bin/python benchmarks/perceptual.py --batch 4 --size 128 \
         --markdown benchmarks/BENCHMARKS.md --label perceptual
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from vgg_flax.parity.torchvision import float32_precision
+    from vgg_flax.perceptual.dists import load_dists
     from vgg_flax.perceptual.lpips import load_lpips, trunk_from_lpips
 
     torch.manual_seed(0)
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     shape = (args.batch, args.size, args.size, 3)
     x0, x1 = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
     t0, t1 = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) for x in (x0, x1))
+    dists, piq_dists = _dists_pair(reference, trunk_from_lpips(state), load_dists)
+    y0, y1 = (x0 + 1) / 2, (x1 + 1) / 2  # DISTS takes [0, 1]
+    u0, u1 = (t0 + 1) / 2, (t1 + 1) / 2
 
     distance = jax.jit(lambda m, a, b: m(a, b))
     gradient = jax.jit(jax.value_and_grad(lambda a, m, b: m(a, b).sum()))
@@ -76,30 +83,41 @@ def main(argv: list[str] | None = None) -> None:
         leaf = t0.clone().requires_grad_(True)
         reference(leaf, t1).sum().backward()
 
+    def piq_distance():
+        with torch.no_grad():
+            piq_dists(u0, u1)
+
+    def piq_gradient():
+        leaf = u0.clone().requires_grad_(True)
+        piq_dists(leaf, u1).sum().backward()
+
     tasks = {
         "lpips": (lambda: distance(metric, x0, x1).block_until_ready(), torch_distance),
         "lpips+grad": (
             lambda: jax.block_until_ready(gradient(x0, metric, x1)),
             torch_gradient,
         ),
+        "dists": (lambda: distance(dists, y0, y1).block_until_ready(), piq_distance),
+        "dists+grad": (lambda: jax.block_until_ready(gradient(y0, dists, y1)), piq_gradient),
     }
     rows = []
     with float32_precision():
         for task, (ours, theirs) in tasks.items():
             ours(), theirs()  # compile, warm up
-            times = {"vgg-flax": [], "lpips": []}
+            times = {"vgg-flax": [], "torch": []}
             for _ in range(args.rounds):
                 times["vgg-flax"].append(_time(ours, args.reps))
-                times["lpips"].append(_time(theirs, args.reps))
-            ratios = [t / o for o, t in zip(times["vgg-flax"], times["lpips"], strict=True)]
-            jax_s, torch_s = (statistics.median(times[side]) for side in ("vgg-flax", "lpips"))
+                times["torch"].append(_time(theirs, args.reps))
+            ratios = [t / o for o, t in zip(times["vgg-flax"], times["torch"], strict=True)]
+            jax_s, torch_s = (statistics.median(times[side]) for side in ("vgg-flax", "torch"))
+            against = "lpips" if task.startswith("lpips") else "piq.DISTS"
             rows.append(
-                f"| {task} | {args.batch / jax_s:.2f} | {args.batch / torch_s:.2f} "
+                f"| {task} | {against} | {args.batch / jax_s:.2f} | {args.batch / torch_s:.2f} "
                 f"| **{torch_s / jax_s:.2f}** | {min(ratios):.2f}-{max(ratios):.2f} |"
             )
     table = [
-        "| task | vgg-flax pairs/s | lpips pairs/s | ratio | round ratios |",
-        "|---|---|---|---|---|",
+        "| task | torch side | vgg-flax pairs/s | torch pairs/s | ratio | round ratios |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
     print("\n".join(table))
@@ -111,14 +129,47 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"{now} UTC on {platform.processor() or platform.machine()} ({os.cpu_count()} "
             f"cores), jax {jax.__version__}, torch {torch.__version__}, lpips "
-            f"{importlib.metadata.version('lpips')}; batch {args.batch} "
+            f"{importlib.metadata.version('lpips')}, piq {importlib.metadata.version('piq')}; "
+            f"batch {args.batch} "
             f"pairs of {args.size}x{args.size}, float32, {args.rounds} rounds x {args.reps} "
             f"calls per side, torch threads {torch.get_num_threads()}; ratio = vgg-flax "
-            "throughput / lpips throughput (medians).",
+            "throughput / torch throughput (medians).",
             "",
             *table,
         ]
         replace_block(Path(args.markdown), args.label, lines)
+
+
+def _dists_pair(reference, trunk, load_dists):
+    """vgg-flax's DISTS and `piq.DISTS` on the lpips reference's trunk, offline.
+
+    piq builds torchvision's pretrained vgg16 and downloads its alpha/beta: its constructor gets
+    a torchvision vgg16 holding the lpips trunk's convolutions, and the published file (alpha and
+    beta divided by their sum, as the authors' code uses them), instead.
+    """
+    import copy
+    from unittest import mock
+
+    import piq.perceptual
+    import torchvision
+
+    from vgg_flax.perceptual.dists_weights import find_weights
+
+    vgg = torchvision.models.vgg16()
+    convs = [m for m in reference.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for ours, theirs in zip(
+        [m for m in vgg.features if isinstance(m, torch.nn.Conv2d)], convs, strict=True
+    ):
+        ours.load_state_dict(theirs.state_dict())
+    weights = torch.load(find_weights(), map_location="cpu")
+    total = weights["alpha"].sum() + weights["beta"].sum()
+    summed_to_one = {key: value / total for key, value in weights.items()}
+    with (
+        mock.patch.object(piq.perceptual, "vgg16", lambda *a, **k: copy.deepcopy(vgg)),
+        mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: summed_to_one),
+    ):
+        piq_dists = piq.DISTS(reduction="none")
+    return load_dists(trunk=trunk), piq_dists
 
 
 if __name__ == "__main__":

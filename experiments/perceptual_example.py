@@ -3,7 +3,9 @@
 scikit-learn ships two photos, china.jpg and flower.jpg. This script prints their LPIPS (v0.1)
 distance per layer, then optimises an image that starts as the china photo to match the flower
 photo's style (Gram matrices at relu1_2 ... relu4_3) while keeping its relu2_2 content, with
-Adam on the pixels (about a minute on a 2-core CPU at the default size). It writes
+Adam on the pixels, on the trunk rescaled as Gatys et al. do (every conv filter's mean activation
+1 on the two photos, `vgg_flax.perceptual.normalise`; `--no-normalise` for the raw trunk)
+(about a minute on a 2-core CPU at the default size). It writes
 `{out}/style_transfer.png` (content | style | result) and `{out}/lpips.json`.
 
     python experiments/perceptual_example.py                      # torchvision's vgg16 weights
@@ -32,13 +34,28 @@ from sklearn.datasets import load_sample_images
 from vgg_flax import create_model
 from vgg_flax.perceptual.losses import perceptual_loss
 from vgg_flax.perceptual.lpips import TAPS, load_lpips
+from vgg_flax.perceptual.normalise import normalise_activations
 
 
-def random_trunk(seed: int = 0):
-    """A seeded random VGG16 trunk (convolutions only), for runs without downloaded weights."""
-    model = create_model("vgg16")
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), features=("pool5",))
-    return model, variables
+def random_trunk(seed: int = 0, model=None):
+    """A seeded random VGG16 trunk (convolutions only, He-normal), for runs without weights.
+
+    `(model, variables)`; `model` replaces VGG16 (e.g. a narrow one). Drawn with numpy from the
+    shapes alone: no initialisation program to compile.
+    """
+    model = model or create_model("vgg16")
+    shapes = jax.eval_shape(
+        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
+        jax.random.key(seed),
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        if len(leaf.shape) == 1:
+            return np.zeros(leaf.shape, np.float32)
+        return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+
+    return model, jax.tree.map(draw, shapes)
 
 
 def photos(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -62,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=150, help="Adam steps on the pixels")
     p.add_argument("--lr", type=float, default=0.02, help="Adam learning rate")
     p.add_argument("--style-weight", type=float, default=1e5, help="style term's weight")
+    p.add_argument(
+        "--no-normalise", action="store_true", help="the raw trunk, not Gatys' normalised one"
+    )
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     trunk = random_trunk() if args.trunk == "random" else args.trunk
@@ -78,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # Johnson et al.'s layers; the style weight is raised for a visible effect in a few steps.
     trunk = (metric.model, metric.variables)  # the same frozen VGG16 serves both
+    if not args.no_normalise:  # Gatys' rescaling, measured on the two photos themselves
+        photos_in = np.stack([content, style]) if content.shape == style.shape else content[None]
+        variables = normalise_activations(*trunk, photos_in, preprocessing="torchvision")
+        trunk = (metric.model, variables)
+    report["normalised"] = not args.no_normalise
     loss = perceptual_loss("johnson", trunk=trunk, style_weight=args.style_weight)
     grams = loss.style_targets(style[None])
     optimiser = optax.adam(args.lr)

@@ -132,9 +132,9 @@ def test_head_files_are_found_without_importing_and_verified(monkeypatch, tmp_pa
         for index, head in enumerate(heads):
             np.testing.assert_array_equal(head, reference[f"lin{index}.model.1.weight"].view(-1))
     # Without the lpips package, torchmetrics's copy of the v0.1 file serves.
-    real = lpips_heads._package_dir
+    real = lpips_heads.package_dir
     monkeypatch.setattr(
-        lpips_heads, "_package_dir", lambda name: None if name == "lpips" else real(name)
+        lpips_heads, "package_dir", lambda name: None if name == "lpips" else real(name)
     )
     assert "torchmetrics" in lpips_heads.find_heads("0.1", cache=tmp_path)
     with pytest.raises(FileNotFoundError) as error:
@@ -188,7 +188,7 @@ def test_download_heads_checks_sha256(server, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = lpips_heads.download_heads("0.1", base_url=url, cache=cache, progress=False)
     assert open(path, "rb").read() == shipped
-    monkeypatch.setattr(lpips_heads, "_package_dir", lambda name: None)
+    monkeypatch.setattr(lpips_heads, "package_dir", lambda name: None)
     assert lpips_heads.find_heads("0.1", cache=cache) == path
     with pytest.raises(ValueError, match="SHA-256"):
         lpips_heads.download_heads("0.0", base_url=url, cache=cache, progress=False)

@@ -68,6 +68,8 @@ SLOW = (
         "docs/transfer.md: the demo's full-width model on 1,797 digit images (minutes); "
         "tests/test_transfer.py runs the same steps on the tests' narrow model",
     ),
+    (r"^vgg-flax similarity\b", "downloads torchvision's vgg16 (0.5 GB) for its trunk"),
+    (r"experiments\.perceptual_train\b", "trains against full-width VGG-16 metrics for minutes"),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
@@ -76,7 +78,7 @@ PY_SLOW = (
     (r"imagenet2012", "needs ILSVRC-2012 prepared"),
     (r"hf-hub:timm/", "downloads timm's weights from the Hugging Face hub (0.5 GB)"),
     (
-        r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(",
+        r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(|load_dists\(",
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
     ),
     (r"vgg_dense\.onnx", "reads docs/deploy.md's ONNX export of the demo's trained model"),

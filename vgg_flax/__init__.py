@@ -25,6 +25,9 @@ _EXPORTS = {
     "perceptual_loss": "vgg_flax.perceptual.losses",
     "LPIPS": "vgg_flax.perceptual.lpips",
     "load_lpips": "vgg_flax.perceptual.lpips",
+    "DISTS": "vgg_flax.perceptual.dists",
+    "load_dists": "vgg_flax.perceptual.dists",
+    "normalise_activations": "vgg_flax.perceptual.normalise",
     "VGG": "vgg_flax.models.vgg",
     "architecture": "vgg_flax.models.vgg",
     "create_model": "vgg_flax.models.vgg",
@@ -46,8 +49,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from vgg_flax.models.arch import ARCHS, TABLE2_MILLIONS, TORCHVISION_ARCHS, activation_names
     from vgg_flax.models.features import feature_pyramid
     from vgg_flax.models.vgg import VGG, architecture, create_model
+    from vgg_flax.perceptual.dists import DISTS, load_dists
     from vgg_flax.perceptual.losses import PerceptualLoss, perceptual_loss
     from vgg_flax.perceptual.lpips import LPIPS, load_lpips
+    from vgg_flax.perceptual.normalise import normalise_activations
     from vgg_flax.weights.download import pretrained
     from vgg_flax.weights.factory import list_models, list_pretrained
     from vgg_flax.weights.loading import Loaded, load, save
@@ -71,6 +76,7 @@ __version__ = _version("vgg-flax")
 
 __all__ = [
     "ARCHS",
+    "DISTS",
     "LPIPS",
     "Loaded",
     "TABLE2_MILLIONS",
@@ -90,8 +96,10 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load",
+    "load_dists",
     "load_lpips",
     "load_pth",
+    "normalise_activations",
     "perceptual_loss",
     "predict",
     "pretrained",

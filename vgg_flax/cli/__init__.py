@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "vgg_flax.cli.predict",
     "vgg_flax.cli.features",
     "vgg_flax.cli.probe",
+    "vgg_flax.cli.similarity",
     "vgg_flax.cli.export",
     "vgg_flax.cli.train",
     "vgg_flax.cli.evaluate",

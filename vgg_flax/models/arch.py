@@ -58,7 +58,8 @@ HEAD_INPUT_SIZE = 7
 NETWORK_STRIDE = 32  # five 2x2 poolings
 MIN_CLASSIFY_SIZE = 32
 MIN_DENSE_SIZE = NETWORK_STRIDE * HEAD_INPUT_SIZE  # 224: fc6's 7x7 window must fit pool5's map
-POOLINGS = ("max", "avg")
+# "l2": DISTS's L2 pooling (Ding et al. 2020), a 3x3 Hann window with stride 2 on the squared map.
+POOLINGS = ("max", "avg", "l2")
 # The fields that define a network's variables: `vgg_flax.architecture(model)` gives them and
 # checkpoints record them. Plain data here, so storage reads them without importing the module.
 ARCHITECTURE_FIELDS = ("arch", "batch_norm", "width", "head_width", "pooling", "num_classes")

@@ -422,8 +422,35 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
+# np.hanning(5)[1:-1] / its sum, the 3x3 Hann window of DISTS's L2 pooling, separable.
+_HANN_3 = (0.25, 0.5, 0.25)
+L2_POOL_EPS = 1e-12  # added under the square root, as the DISTS code
+
+
+def l2_pool(x: jax.Array) -> jax.Array:
+    """DISTS's L2 pooling: sqrt(Hann-weighted 3x3 sum of x^2 + 1e-12), stride 2, padding 1.
+
+    The output is (H - 1) // 2 + 1 by (W - 1) // 2 + 1 (an odd edge is kept, unlike the 2x2
+    poolings). The window is separable, so the sum is two strided 3-tap sums (the same sums as
+    the reference's depthwise convolution, in another order).
+    """
+    n, height, width, c = x.shape
+    rows, cols = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    squared = jnp.pad(x * x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    squared = sum(w * squared[:, i : i + 2 * rows - 1 : 2] for i, w in enumerate(_HANN_3))
+    squared = sum(w * squared[:, :, i : i + 2 * cols - 1 : 2] for i, w in enumerate(_HANN_3))
+    return jnp.sqrt(squared + L2_POOL_EPS)
+
+
+def pooled_size(size: int, pooling: str) -> int:
+    """A side of `size` after one pooling of kind `pooling` (floor halving, but "l2" rounds up)."""
+    return (size - 1) // 2 + 1 if pooling == "l2" else size // 2
+
+
 def pool_2x2(x: jax.Array, pooling: str, kernels: str = "auto") -> jax.Array:
-    """The trunk's 2x2 pooling: `pooling` "max" or "avg"; `kernels` as in `Conv`."""
+    """The trunk's pooling: `pooling` "max", "avg" or "l2" (`l2_pool`); `kernels` as in `Conv`."""
     if pooling == "avg":
         return avg_pool_2x2(x)
+    if pooling == "l2":
+        return l2_pool(x)
     return max_pool_2x2(x) if kernels == "auto" else plain_max_pool(x)

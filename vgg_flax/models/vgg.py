@@ -18,7 +18,7 @@ from vgg_flax.models import arch as arch_lib
 from vgg_flax.models.arch import ARCHITECTURE_FIELDS
 from vgg_flax.models.initializers import INITS, kernel_init
 from vgg_flax.models.layers import BatchNorm, local_response_norm
-from vgg_flax.models.ops import Conv, check_kernels, pool_2x2
+from vgg_flax.models.ops import Conv, check_kernels, pool_2x2, pooled_size
 
 MODES = ("classify", "dense", "dense_map")
 
@@ -29,8 +29,9 @@ class VGG(nn.Module):
     - arch: a Table 1 name ("A", "A-LRN", "B", "C", "D", "E") or a layer list as a tuple (see
       `vgg_flax.models.arch`: ints for 3x3 convs, "1x1-C", "M", "LRN"), five "M" in all;
     - batch_norm: BatchNorm after every conv; width: multiplier of every conv's channels;
-      head_width: outputs of fc6 and fc7 (4096 in the paper); pooling: "max" (the paper) or
-      "avg" (as the style-transfer literature uses); num_classes: outputs of fc8;
+      head_width: outputs of fc6 and fc7 (4096 in the paper); pooling: "max" (the paper),
+      "avg" (as the style-transfer literature uses) or "l2" (DISTS's L2 pooling,
+      `vgg_flax.models.ops.l2_pool`); num_classes: outputs of fc8;
     - kernels: "auto" (faster formulations on CPUs, standard `lax` ops elsewhere) or "lax".
 
     `__call__(images, train=False, *, mode="classify", features=())`:
@@ -132,8 +133,9 @@ class VGG(nn.Module):
                 x = local_response_norm(x)
                 name = layer.name
             if valid_hw is not None:
-                # Floor halving matches a pool on the unpadded image, which drops an odd last row.
-                valid_hw = valid_hw // 2 if layer.kind == "pool" else valid_hw
+                # Floor halving matches a pool on the unpadded image, which drops an odd last row
+                # (an "l2" pool keeps it: its size rounds up).
+                valid_hw = pooled_size(valid_hw, self.pooling) if layer.kind == "pool" else valid_hw
                 x = _zero_outside(x, valid_hw)
             if keep(name, x):
                 return found

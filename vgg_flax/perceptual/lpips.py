@@ -97,7 +97,7 @@ def load_lpips(
         preset = PRESETS["lpips"] if version == "0.1" else UNSCALED
     else:
         preset = usage.preprocessing
-    channels = tuple(_tap_channels(model, variables))
+    channels = tap_channels(model, variables)
     if channels != HEAD_CHANNELS:
         raise ValueError(
             f"the trunk's {', '.join(TAPS)} have {channels} channels but LPIPS's VGG heads take "
@@ -133,11 +133,12 @@ def trunk_from_lpips(state: Mapping[str, Any]) -> frozen.Trunk:
     return load(trunk, "vgg16", head="drop")[:2]
 
 
-def _tap_channels(model: VGG, variables: Any) -> list[int]:
+def tap_channels(model: VGG, variables: Any, taps: tuple[str, ...] = TAPS) -> tuple[int, ...]:
+    """The channels of the trunk's activations `taps`, from shapes alone (nothing is computed)."""
     shapes = jax.eval_shape(
-        lambda v: model.apply(v, jnp.zeros((1, 32, 32, 3)), features=TAPS), variables
+        lambda v: model.apply(v, jnp.zeros((1, 32, 32, 3)), features=taps), variables
     )
-    return [int(shapes[name].shape[-1]) for name in TAPS]
+    return tuple(int(shapes[name].shape[-1]) for name in taps)
 
 
 def unit_normalise(features: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ _IGNORED_PREFIXES = ("net.", "scaling_layer.", "lins.")
 
 
 class HeadFileError(ValueError):
-    """An LPIPS head file with a missing, misshaped or unknown layer."""
+    """An LPIPS head file (or DISTS alpha/beta file) with a missing, misshaped or unknown entry."""
 
 
 def versions() -> tuple[str, ...]:
@@ -57,7 +57,8 @@ def cached_name(version: str = "0.1") -> str:
     return f"lpips_vgg_v{version}-{weights.LPIPS_VGG_HEADS[version][:8]}.pth"
 
 
-def _package_dir(name: str) -> str | None:
+def package_dir(name: str) -> str | None:
+    """The folder of the installed top-level package `name`, without importing it (or None)."""
     # find_spec of a top-level package reads its location without running its __init__.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -69,10 +70,10 @@ def candidates(version: str = "0.1", cache: str | os.PathLike | None = None) -> 
     """Every local place a head file for `version` is looked for, in order."""
     version = _check_version(version)
     places = []
-    lpips_dir = _package_dir("lpips")
+    lpips_dir = package_dir("lpips")
     if lpips_dir:
         places.append(os.path.join(lpips_dir, "weights", f"v{version}", "vgg.pth"))
-    torchmetrics_dir = _package_dir("torchmetrics")
+    torchmetrics_dir = package_dir("torchmetrics")
     if torchmetrics_dir and version == "0.1":
         places.append(
             os.path.join(torchmetrics_dir, "functional", "image", "lpips_models", "vgg.pth")
@@ -84,20 +85,30 @@ def candidates(version: str = "0.1", cache: str | os.PathLike | None = None) -> 
 def find_heads(version: str = "0.1", cache: str | os.PathLike | None = None) -> str:
     """Path of a verified local VGG head file for `version`; an error says where it looked."""
     version = _check_version(version)
-    expected = weights.LPIPS_VGG_HEADS[version]
+    return find_verified(
+        f"LPIPS v{version} VGG head file",
+        candidates(version, cache),
+        weights.LPIPS_VGG_HEADS[version],
+        f"Install the `lpips` package, or download it once with vgg_flax.perceptual.lpips_heads."
+        f"download_heads({version!r}) from {head_url(version)}",
+    )
+
+
+def find_verified(what: str, places: list[str], sha256: str, fix: str) -> str:
+    """The first of `places` that is a file with SHA-256 `sha256`; else an error listing them.
+
+    `what` names the file in the error, `fix` ends it (how to get the file). Shared by every
+    small published file a perceptual metric reads (LPIPS's heads, DISTS's alpha and beta).
+    """
     looked = []
-    for path in candidates(version, cache):
+    for path in places:
         if not os.path.isfile(path):
             looked.append(f"{path} (absent)")
-        elif _sha256(path) != expected:
+        elif _sha256(path) != sha256:
             looked.append(f"{path} (SHA-256 differs from the published file)")
         else:
             return path
-    raise FileNotFoundError(
-        f"no LPIPS v{version} VGG head file found; looked in: {'; '.join(looked)}. Install the "
-        f"`lpips` package, or download it once with vgg_flax.perceptual.lpips_heads.download_heads("
-        f"{version!r}) from {head_url(version)}"
-    )
+    raise FileNotFoundError(f"no {what} found; looked in: {'; '.join(looked)}. {fix}")
 
 
 def download_heads(

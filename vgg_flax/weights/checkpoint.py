@@ -125,8 +125,8 @@ def check_metadata(metadata: Mapping[str, Any], where: str) -> None:
             problems.append(f"{field} {metadata[field]!r} is not a positive integer")
     if "batch_norm" in metadata and not isinstance(metadata["batch_norm"], bool):
         problems.append(f"batch_norm {metadata['batch_norm']!r} is not true or false")
-    if metadata.get("pooling", "max") not in ("max", "avg"):
-        problems.append(f"pooling {metadata['pooling']!r} is not 'max' or 'avg'")
+    if metadata.get("pooling", "max") not in arch_lib.POOLINGS:
+        problems.append(f"pooling {metadata['pooling']!r} is not one of {arch_lib.POOLINGS}")
     if problems:
         raise ValueError(f"checkpoint {where} has invalid metadata: {'; '.join(problems)}")
 

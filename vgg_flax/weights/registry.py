@@ -133,3 +133,9 @@ LPIPS_VGG_HEADS: dict[str, str] = {
 }
 # Their sizes in bytes: a download is refused as soon as it runs past them.
 LPIPS_VGG_HEAD_SIZES: dict[str, int] = {"0.1": 7289, "0.0": 6735}
+
+# DISTS's learned alpha and beta (Ding et al., TPAMI 2020): one file, (1, 1475, 1, 1) each, as the
+# authors publish it and both the `dists-pytorch` and `torchmetrics` wheels ship it.
+DISTS_WEIGHTS_URL = "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt"
+DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
+DISTS_WEIGHTS_SIZE = 12288
