@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file (python experiments/evaluate.py):
 
 # Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
 from vgg_flax import preprocessing  # noqa: E402
-from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 from vgg_flax.cli.deploy import add_quantize_options, check_quantize_options  # noqa: E402
 from vgg_flax.evaluate.protocols import PROTOCOLS  # noqa: E402
 from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
@@ -39,7 +39,10 @@ from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m experiments.evaluate`."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate", description=__doc__, formatter_class=HelpFormatter
+        prog="python -m experiments.evaluate",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--checkpoint", nargs="+", required=True, help="dirs or .pth files")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="dense", help="test protocol")
@@ -252,17 +255,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+@entry_point("evaluate")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: print the errors and the JSON result."""
+    """Entry point: print the errors (one line, exit 2) and the JSON result."""
     args = build_parser().parse_args(argv)
     from vgg_flax import compile_cache
 
     compile_cache.enable()  # a second evaluation of the same shapes skips compiling
-    try:
-        result = run(args)
-    except ValueError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+    result = run(args)
     print(
         f"{result['protocol']} at Q={result['scales']}: top-1 error {result['top1_error']:.2f}%, "
         f"top-5 error {result['top5_error']:.2f}% on {result['examples']} images "

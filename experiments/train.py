@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vgg_flax.cli import entry_point  # noqa: E402
+
 # The shipped configs: beside this file, in a checkout (experiments/configs/) and installed
 # (vgg_flax/experiments/configs/, pyproject.toml's package-dir), so a name works from any folder.
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -111,11 +113,13 @@ def print_help(values: flags.FlagValues) -> None:
     print("shipped configs:", ", ".join(shipped_configs()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@entry_point("train")
+def main(argv: Sequence[str]) -> int:
     """Train as `argv` (the flags, without the program's name) says; print the run's summary.
 
-    Bad flags (a missing --config, an unknown config field) exit 2 with absl's message."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    Bad flags (a missing --config, an unknown config field) exit 2 with absl's message; bad
+    config values, a missing extra or file, one line (`vgg_flax.cli.entry_point`)."""
+    argv = list(argv)
     values = define_flags()
     if any(arg in HELP_FLAGS for arg in argv):
         print_help(values)
@@ -128,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AttributeError as error:  # ml_collections' answer to an override of a missing field
         cause = error.args[0] if error.args else error  # a KeyError with a did-you-mean
         detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        detail = " ".join(str(detail).split())  # ml_collections' did-you-mean: one line
         print(f"train: error: a --config.FIELD override: no field {detail}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO

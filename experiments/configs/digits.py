@@ -21,7 +21,7 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     """The demo config; mode "local" is a two-step run."""
     config = base_config.paper_config("A")
     # Unit-scale inputs (torchvision's normalisation) instead of 0-255 minus the mean.
-    config.data = ml_collections.ConfigDict({"source": "digits", "normalize": "torchvision"})
+    config.data = base_config.data_fields(source="digits", normalize="torchvision")
     config.batch_norm = True
     config.init = "torchvision"
     config.batch_size = 32

@@ -95,6 +95,29 @@ def warm_start_layers(source_arch: Any, target_arch: Any) -> dict[str, str]:
     )
 
 
+def classes_of(variables: Mapping[str, Any]) -> int | None:
+    """The number of classes of `variables`' fc8 (None: no classifier)."""
+    fc8 = variables.get("params", {}).get("fc8")
+    return None if fc8 is None else int(jnp.shape(fc8["kernel"])[-1])
+
+
+def with_fresh_head(
+    mapping: Mapping[str, str], source: Mapping[str, Any], variables: Mapping[str, Any]
+) -> tuple[dict[str, str], str | None]:
+    """`mapping` without fc8 when the source's number of classes differs from the target's.
+
+    Fine-tuning on other classes (a 1000-class ImageNet net on a two-class folder) keeps every
+    other copied layer and a freshly initialised classifier. Returns the mapping and a note
+    saying so (None when fc8 is copied or was not asked for).
+    """
+    theirs, ours = classes_of(source), classes_of(variables)
+    if "fc8" not in mapping.values() or theirs == ours:
+        return dict(mapping), None
+    kept = {src: dst for src, dst in mapping.items() if dst != "fc8"}
+    there = f"{theirs} classes" if theirs is not None else "no classifier"
+    return kept, f"fc8 starts afresh ({there} in the weights, {ours} in this run)"
+
+
 def copy_layers(
     variables: Mapping[str, Any], source: Mapping[str, Any], mapping: Mapping[str, str]
 ) -> dict[str, Any]:
@@ -130,7 +153,7 @@ def _checked_copy(new: Any, old: Any, where: str) -> Any:
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
                 f"shape mismatch at {where}: checkpoint {jnp.shape(a)} vs model {jnp.shape(b)}; "
-                "for another number of classes, start fc8 afresh (set init_skip=('fc8',))"
+                "start that layer afresh: add it to the config's init_skip"
             )
         return jnp.asarray(a, dtype=jnp.asarray(b).dtype)
 

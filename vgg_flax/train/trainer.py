@@ -30,7 +30,7 @@ from vgg_flax.models.vgg import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
 from vgg_flax.train import optim
-from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
+from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers, with_fresh_head
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
 from vgg_flax.weights import checkpoint
 from vgg_flax.weights import loading as loader
@@ -393,6 +393,9 @@ def start_from(
 ) -> dict[str, Any]:
     """`variables` with layers copied from the weights at `path` (`vgg_flax.load`; see init.py).
 
+    A classifier for another number of classes starts afresh, said in the line that names the
+    copied layers (`init.with_fresh_head`); `skip` names more target layers not to copy.
+
     `preprocessing` (this run's `Preset`) is checked against the one the weights record: a
     warm start from weights trained on other inputs (another mean, channel order or scale)
     starts from features that do not fit, so it is said.
@@ -406,9 +409,12 @@ def start_from(
         )
     mapping = warm_start_layers(source_model.arch, target_arch)
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
+    mapping, note = with_fresh_head(mapping, source, variables)
+    started = copy_layers(variables, source, mapping)  # refuses a mismatch before saying anything
     label = arch_label(source_model.arch)
-    _say(f"copied {', '.join(mapping.values())} from the {label} net at {path}")
-    return copy_layers(variables, source, mapping)
+    copied = f"copied {', '.join(mapping.values())} from the {label} net at {path}"
+    _say(f"{copied}; {note}" if note else copied)
+    return started
 
 
 def _values(preset: Any) -> tuple[Any, ...]:
