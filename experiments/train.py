@@ -94,7 +94,7 @@ def summary_lines(summary: dict) -> list[str]:
     if evaluation:
         lines.append(
             f"eval: top-1 accuracy {evaluation['accuracy']:.4f}, top-5 {evaluation['top5']:.4f}, "
-            f"loss {evaluation['loss']:.4f} on {evaluation['examples']:.0f} images"
+            f"cross-entropy {evaluation['loss']:.4f} on {evaluation['examples']:.0f} images"
         )
     lines.append(
         f"workdir {summary['workdir']}: model/, checkpoints/, metrics.jsonl, tb/, "

@@ -33,4 +33,5 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config.optim.schedule = "step"
     config.optim.step_epochs = 2
     config.checkpoint.every_steps = 100
+    config.checkpoint.keep = 1  # one resumable step (~0.9 GB with the momentum) beside model/
     return base_config.get(config, mode)

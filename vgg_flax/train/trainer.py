@@ -281,9 +281,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 images_per_s = (step - tick_step) * config.batch_size / (now - tick)
                 tick, tick_step = now, step
                 writer.write(step, {**step_metrics, "images_per_s": images_per_s}, kind="train")
-            bar.set_postfix(
-                loss=f"{step_metrics['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}"
-            )
+            bar.set_postfix(metrics_lib.bar_fields(step_metrics, images_per_s), refresh=False)
             bar.update(1)
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate()
@@ -291,7 +289,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 state["opt_state"] = record_evaluation(state["opt_state"], last_eval["accuracy"])
                 bar.write(
                     f"step {step}: eval top-1 {last_eval['accuracy']:.4f} "
-                    f"loss {last_eval['loss']:.4f}"
+                    f"cross-entropy {last_eval['loss']:.4f}"
                 )
                 tick, tick_step = time.perf_counter(), step  # evaluation is not training
             if step % config.checkpoint.every_steps == 0:
@@ -350,7 +348,9 @@ def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Us
 
     The input preprocessing the run trained with, with its numbers (for "mean_rgb", the mean
     itself), the run's test resize Q and crop (the input size), its training scale S, whether
-    it flipped images, and the class names when the dataset has them.
+    it flipped images, the class names when the dataset has them, and the protocol its
+    evaluations use ("center": the pipeline's resize to `eval_scale` and centre crop), so that
+    `experiments.evaluate` on the run's model/ scores what the run reported by default.
     """
     from vgg_flax.data.config import preprocessing_for, train_scale
 
@@ -362,6 +362,7 @@ def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Us
         names,
         train_scale=scale,
         train_flip=bool(data_config.flip),
+        eval_protocol="center",
     )
 
 
