@@ -49,14 +49,20 @@ def resolve_config(spec: str) -> str:
     )
 
 
-def define_flags() -> flags.FlagValues:
-    """This script's absl flags, in a flag set of their own.
+def define_flags(argv: Sequence[str] = ()) -> flags.FlagValues:
+    """This script's absl flags, in a flag set of their own, for the arguments `argv`.
 
     Not absl's global FLAGS: a process that imports this module twice (as `experiments.train`
-    and as `vgg_flax.experiments.train`) or runs it twice would define them twice."""
+    and as `vgg_flax.experiments.train`) or runs it twice would define them twice. The config's
+    override flags (`--config.FIELD`) are found in `argv` (ml_collections would read sys.argv,
+    which an in-process `main(argv)` does not set)."""
     values = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "config file or shipped config name (e.g. digits)", flag_values=values
+        "config",
+        None,
+        "config file or shipped config name (e.g. digits)",
+        flag_values=values,
+        sys_argv=["train", *argv],
     )
     flags.DEFINE_string(
         "workdir",
@@ -120,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
     Bad flags (a missing --config, an unknown config field) exit 2 with absl's message; bad
     config values, a missing extra or file, one line (`vgg_flax.cli.entry_point`)."""
     argv = list(argv)
-    values = define_flags()
+    values = define_flags(argv)
     if any(arg in HELP_FLAGS for arg in argv):
         print_help(values)
         return 0
