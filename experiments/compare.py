@@ -20,6 +20,8 @@ if __package__ in (None, ""):  # run as a file: find the repository's packages
 from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 from vgg_flax.train.metrics import METRICS_FILE  # noqa: E402
 
+DEFAULT_OUTPUT = os.path.join("runs", "curves.png")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: RUN..., --labels, --output."""
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--labels", nargs="+", default=None, help="one legend label per run (default: folder name)"
     )
-    parser.add_argument("--output", default="curves.png", help="the PNG to write")
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help="the PNG to write (runs/ is git-ignored)"
+    )
     return parser
 
 
@@ -77,6 +81,8 @@ def compare(runs: list[str], output: str, labels: list[str] | None = None) -> st
 def main(argv: list[str] | None = None) -> int:
     """Entry point: write the PNG and say where (errors: one line, exit 2)."""
     args = build_parser().parse_args(argv)
+    if args.output == DEFAULT_OUTPUT:
+        os.makedirs(os.path.dirname(DEFAULT_OUTPUT), exist_ok=True)
     out = compare(args.runs, args.output, args.labels)
     print(f"wrote {out} ({len(args.runs)} runs)")
     return 0

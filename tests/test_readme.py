@@ -63,6 +63,7 @@ SLOW = (
     (r"experiments\.train .*configs/digits\.py", "a full training run (minutes on a CPU)"),
     (r"parity vgg11_bn --train-steps", "float64 training of full-width VGG-11 beside PyTorch"),
     (r"^tensorboard\b", "starts a server that runs until stopped"),
+    (r"\bPHOTOS\b", "your own images (tests/test_newcomer.py runs these on generated ones)"),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
