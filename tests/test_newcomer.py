@@ -4,8 +4,9 @@
   one is full width, 530 MB, too slow here; `vgg-flax convert` has its own tests) on a folder
   of two classes with the shipped digits config and command-line overrides only
   (docs/training.md, "Your own images"): a fresh fc8 is said in one line, and
-  `experiments.evaluate` with no flags beyond the checkpoint and the dataset scores exactly what the run reported: at 32x32 through the `vgg-flax train` command
-  line (one subprocess), at 224 in process (the run records its "center" protocol).
+  `experiments.evaluate` with no flags beyond the checkpoint and the dataset scores exactly
+  what the run reported: at 32x32 through the `vgg-flax train` command line (one
+  subprocess), at 224 in process (the run records its "center" protocol).
 - `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
 - Expected failures print one line and exit 2: a download offline, and, in a process where
   the extras' modules cannot be imported, every entry point that needs one names the
