@@ -165,6 +165,17 @@ def test_other_classes_get_a_fresh_fc8_said_in_one_line(imagenet_like, capsys):
     )
 
 
+def test_features_only_weights_start_the_whole_head_afresh():
+    from vgg_flax.train.init import with_fresh_head
+
+    mapping = {name: name for name in ("conv1_1", "fc6", "fc7", "fc8")}
+    ones = {"kernel": np.ones((3, 3, 3, 4))}
+    target = {"params": {"conv1_1": ones, "fc8": {"kernel": np.ones((16, 2))}}}
+    kept, note = with_fresh_head(mapping, {"params": {"conv1_1": ones}}, target)
+    assert kept == {"conv1_1": "conv1_1"}
+    assert note == "fc6, fc7, fc8 start afresh (the weights have no classifier)"
+
+
 def test_a_shape_mismatch_is_refused_before_anything_is_said(imagenet_like, capsys):
     from vgg_flax.train.trainer import start_from
 
