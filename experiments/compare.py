@@ -17,20 +17,27 @@ import sys
 if __package__ in (None, ""):  # run as a file: find the repository's packages
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 from vgg_flax.train.metrics import METRICS_FILE  # noqa: E402
+
+DEFAULT_OUTPUT = os.path.join("runs", "curves.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: RUN..., --labels, --output."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.compare", description=__doc__, formatter_class=HelpFormatter
+        prog="python -m experiments.compare",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help=f"workdir or {METRICS_FILE} file")
     parser.add_argument(
         "--labels", nargs="+", default=None, help="one legend label per run (default: folder name)"
     )
-    parser.add_argument("--output", default="curves.png", help="the PNG to write")
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help="the PNG to write (runs/ is git-ignored)"
+    )
     return parser
 
 
@@ -70,14 +77,13 @@ def compare(runs: list[str], output: str, labels: list[str] | None = None) -> st
     return plot_runs(dict(zip(run_labels(runs, labels), paths, strict=True)), output)
 
 
+@entry_point("compare")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: write the PNG and say where."""
+    """Entry point: write the PNG and say where (errors: one line, exit 2)."""
     args = build_parser().parse_args(argv)
-    try:
-        out = compare(args.runs, args.output, args.labels)
-    except ValueError as error:
-        print(f"compare: error: {error}", file=sys.stderr)
-        return 2
+    if args.output == DEFAULT_OUTPUT:
+        os.makedirs(os.path.dirname(DEFAULT_OUTPUT), exist_ok=True)
+    out = compare(args.runs, args.output, args.labels)
     print(f"wrote {out} ({len(args.runs)} runs)")
     return 0
 

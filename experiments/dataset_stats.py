@@ -16,12 +16,18 @@ import sys
 if __package__ in (None, ""):  # run as a file: find the repository's packages
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 
 
-def main() -> None:
-    """Parse flags, compute the statistics, print them as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+@entry_point("dataset_stats")
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, compute the statistics, print them as JSON (errors: one line, exit 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.dataset_stats",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--source", default="digits", help="digits, folder, or a TFDS name")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
     parser.add_argument("--folder", default=None, help="source=folder: folder/<split>/<class>/")
@@ -32,7 +38,7 @@ def main() -> None:
         "--scale", type=int, default=None, help="rescale the smaller side to this first"
     )
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from vgg_flax.data.stats import pixel_stats  # TensorFlow: only once there is work to do
 
     options = {"source": args.source, "data_dir": args.data_dir, "folder": args.folder}
@@ -44,7 +50,8 @@ def main() -> None:
     if args.output:
         with open(args.output, "w") as f:
             f.write(text + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,8 +10,9 @@ inferred from the tensors' shapes, or `--arch`).
 The checkpoints' usage records (`vgg_flax.load`'s third value) set the defaults: the input
 preprocessing with its numbers, the input size it was trained at (crops and test scales follow
 it: a net trained on 32x32 digits is tested at its own size), the test scale Q and the flips of
-its training run's evaluation. So a run's model/ scores as its training run reported with no
-flags beyond the checkpoint and the dataset. A flag that contradicts a record is used, with a
+its training run's evaluation, and the protocol that evaluation used ("center"; published
+weights: "dense"). So a run's model/ scores as its training run reported with no flags beyond
+the checkpoint and the dataset. A flag that contradicts a record is used, with a
 warning.
 """
 
@@ -30,7 +31,7 @@ if __package__ in (None, ""):  # run as a file (python experiments/evaluate.py):
 
 # Light imports only: JAX and TensorFlow load after the arguments are parsed (fast --help).
 from vgg_flax import preprocessing  # noqa: E402
-from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 from vgg_flax.cli.deploy import add_quantize_options, check_quantize_options  # noqa: E402
 from vgg_flax.evaluate.protocols import PROTOCOLS  # noqa: E402
 from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
@@ -39,10 +40,19 @@ from vgg_flax.weights.atomic import atomic_write, check_output  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m experiments.evaluate`."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate", description=__doc__, formatter_class=HelpFormatter
+        prog="python -m experiments.evaluate",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--checkpoint", nargs="+", required=True, help="dirs or .pth files")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="dense", help="test protocol")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="test protocol; none: the one the checkpoint's training run evaluated with "
+        "(center), else dense",
+    )
     parser.add_argument(
         "--scales",
         nargs="+",
@@ -150,6 +160,27 @@ def chosen_scales(usages: Sequence[Any], flag: Sequence[int] | None, size: int) 
     return [round(preprocessing.TORCHVISION_RESIZE * size / preprocessing.CROP_SIZE)]
 
 
+def chosen_protocol(usages: Sequence[Any], flag: str | None) -> str:
+    """The test protocol: the flag, else the one the training runs evaluated with, else "dense".
+
+    A training run records its protocol ("center"); one written before that record is known
+    for a training run by its `train_scale` and evaluated the same way. Published weights
+    (no run) get the paper's dense evaluation.
+    """
+    if flag is not None:
+        return flag
+    recorded = {
+        usage.eval_protocol or ("center" if usage.train_scale is not None else None)
+        for usage in usages
+    }
+    if len(recorded) > 1:
+        raise ValueError(
+            f"the checkpoints were evaluated with different protocols ({sorted(map(str, recorded))}"
+            "); pass --protocol to choose"
+        )
+    return recorded.pop() or "dense"
+
+
 def use_flips(usages: Sequence[Any], flag: bool | None) -> bool:
     """Test-time flips: the flag, else off when every record says training used none."""
     trained = [usage.train_flip for usage in usages if usage.train_flip is not None]
@@ -219,6 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     usages = [network.usage for network in loaded]
     size = input_size(usages, args.input_size)
     scales = chosen_scales(usages, args.scales, size)
+    protocol = chosen_protocol(usages, args.protocol)
     data_config = data.default_config(**data_options(args, usages))
     if args.quantize:  # vgg_flax.inference.quantize
         from vgg_flax.data.config import preprocessing_for
@@ -231,14 +263,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = runner.evaluate_dataset(
         scorers,
         data_config,
-        protocol=args.protocol,
+        protocol=protocol,
         scales=scales,
         flips=use_flips(usages, args.flips),
         split=args.split,
         limit=args.limit,
         batch_size=args.batch_size,
         align=args.align,
-        progress=lambda it, total: tqdm(it, total=total, desc=args.protocol, unit="img"),
+        progress=lambda it, total: tqdm(it, total=total, desc=protocol, unit="img"),
     )
     result = {
         "checkpoints": [os.path.abspath(p) for p in args.checkpoint],
@@ -252,17 +284,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+@entry_point("evaluate")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: print the errors and the JSON result."""
+    """Entry point: print the errors (one line, exit 2) and the JSON result."""
     args = build_parser().parse_args(argv)
     from vgg_flax import compile_cache
 
     compile_cache.enable()  # a second evaluation of the same shapes skips compiling
-    try:
-        result = run(args)
-    except ValueError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+    result = run(args)
     print(
         f"{result['protocol']} at Q={result['scales']}: top-1 error {result['top1_error']:.2f}%, "
         f"top-5 error {result['top5_error']:.2f}% on {result['examples']} images "

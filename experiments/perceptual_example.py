@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -29,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from vgg_flax import create_model
+from vgg_flax.cli import entry_point
 from vgg_flax.perceptual.losses import perceptual_loss
 from vgg_flax.perceptual.lpips import TAPS, load_lpips
 from vgg_flax.perceptual.normalise import normalise_activations
@@ -60,6 +61,8 @@ def random_trunk(seed: int = 0, model=None):
 
 def photos(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """china and flower as float32 [0, 1] HWC arrays: full size, and resized to `size` wide."""
+    from sklearn.datasets import load_sample_images  # the data extra: only when run
+
     china, flower = load_sample_images().images
     full = [image.astype(np.float32) / 255 for image in (china, flower)]
     height = round(size * china.shape[0] / china.shape[1])
@@ -70,9 +73,15 @@ def photos(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return full[0], full[1], small[0], small[1]
 
 
-def main(argv: list[str] | None = None) -> None:
+@entry_point("perceptual_example")
+def main(argv: list[str] | None = None) -> int:
     """Print the LPIPS distance, run the style transfer, write the PNG and the JSON."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.perceptual_example",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+        allow_abbrev=False,
+    )
     p.add_argument("--out", default="runs/perceptual/", help="output folder")
     p.add_argument("--trunk", default=None, help="vgg16 weights (.pth/checkpoint) or 'random'")
     p.add_argument("--size", type=int, default=128, help="width of the optimised image")
@@ -134,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(args.out, "lpips.json"), "w") as file:
         json.dump(report, file, indent=2)
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file (python experiments/reproduce_tab
 import numpy as np  # noqa: E402
 
 from vgg_flax import preprocessing
-from vgg_flax.cli import HelpFormatter  # noqa: E402
+from vgg_flax.cli import HelpFormatter, entry_point  # noqa: E402
 from vgg_flax.models import arch  # noqa: E402
 from vgg_flax.weights.atomic import atomic_write  # noqa: E402
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.reproduce_tables",
         description=__doc__,
         formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--checkpoint", action="append", required=True, help="PATH@S, repeated")
     add_dataset_options(parser)
@@ -228,14 +229,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+@entry_point("reproduce_tables")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ValueError as error:
-        print(f"reproduce_tables: error: {error}", file=sys.stderr)
-        return 2
+    """Entry point (errors: one line, exit 2)."""
+    run(build_parser().parse_args(argv))
     return 0
 
 

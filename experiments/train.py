@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vgg_flax.cli import entry_point  # noqa: E402
+
 # The shipped configs: beside this file, in a checkout (experiments/configs/) and installed
 # (vgg_flax/experiments/configs/, pyproject.toml's package-dir), so a name works from any folder.
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -47,14 +49,20 @@ def resolve_config(spec: str) -> str:
     )
 
 
-def define_flags() -> flags.FlagValues:
-    """This script's absl flags, in a flag set of their own.
+def define_flags(argv: Sequence[str] = ()) -> flags.FlagValues:
+    """This script's absl flags, in a flag set of their own, for the arguments `argv`.
 
     Not absl's global FLAGS: a process that imports this module twice (as `experiments.train`
-    and as `vgg_flax.experiments.train`) or runs it twice would define them twice."""
+    and as `vgg_flax.experiments.train`) or runs it twice would define them twice. The config's
+    override flags (`--config.FIELD`) are found in `argv` (ml_collections would read sys.argv,
+    which an in-process `main(argv)` does not set)."""
     values = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "config file or shipped config name (e.g. digits)", flag_values=values
+        "config",
+        None,
+        "config file or shipped config name (e.g. digits)",
+        flag_values=values,
+        sys_argv=["train", *argv],
     )
     flags.DEFINE_string(
         "workdir",
@@ -92,7 +100,7 @@ def summary_lines(summary: dict) -> list[str]:
     if evaluation:
         lines.append(
             f"eval: top-1 accuracy {evaluation['accuracy']:.4f}, top-5 {evaluation['top5']:.4f}, "
-            f"loss {evaluation['loss']:.4f} on {evaluation['examples']:.0f} images"
+            f"cross-entropy {evaluation['loss']:.4f} on {evaluation['examples']:.0f} images"
         )
     lines.append(
         f"workdir {summary['workdir']}: model/, checkpoints/, metrics.jsonl, tb/, "
@@ -111,12 +119,14 @@ def print_help(values: flags.FlagValues) -> None:
     print("shipped configs:", ", ".join(shipped_configs()))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@entry_point("train")
+def main(argv: Sequence[str]) -> int:
     """Train as `argv` (the flags, without the program's name) says; print the run's summary.
 
-    Bad flags (a missing --config, an unknown config field) exit 2 with absl's message."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    values = define_flags()
+    Bad flags (a missing --config, an unknown config field) exit 2 with absl's message; bad
+    config values, a missing extra or file, one line (`vgg_flax.cli.entry_point`)."""
+    argv = list(argv)
+    values = define_flags(argv)
     if any(arg in HELP_FLAGS for arg in argv):
         print_help(values)
         return 0
@@ -128,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AttributeError as error:  # ml_collections' answer to an override of a missing field
         cause = error.args[0] if error.args else error  # a KeyError with a did-you-mean
         detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        detail = " ".join(str(detail).split())  # ml_collections' did-you-mean: one line
         print(f"train: error: a --config.FIELD override: no field {detail}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO

@@ -131,7 +131,8 @@ def test_help_from_any_folder(command, where, installed, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"usage: vgg-flax {command}" in done.stdout
     assert ("--checkpoint" if command != "train" else "--config") in done.stdout
-    assert "(default:" in done.stdout
+    if command != "train":  # train's two options are required: no default to show
+        assert "(default:" in done.stdout
     if where == "installed":
         assert "top-level experiments imported: False" in done.stdout
 

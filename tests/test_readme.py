@@ -70,6 +70,7 @@ SLOW = (
     ),
     (r"^vgg-flax similarity\b", "downloads torchvision's vgg16 (0.5 GB) for its trunk"),
     (r"experiments\.perceptual_train\b", "trains against full-width VGG-16 metrics for minutes"),
+    (r"\bPHOTOS\b", "your own images (tests/test_newcomer.py runs these on generated ones)"),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.

@@ -83,7 +83,7 @@ def test_evaluate_help_without_torch():
     result = run_without_torch("--help")
     assert result.returncode == 0, result.stderr
     assert "--checkpoint" in result.stdout
-    assert "(default: dense)" in result.stdout  # defaults are shown
+    assert "(default: imagenet2012)" in result.stdout  # defaults are shown
 
 
 @pytest.mark.tensorflow  # the digits data come through TFDS

@@ -30,6 +30,7 @@ SMALL = {
     "eval_every_steps": 3,
     "log_every_steps": 1,
     "checkpoint.every_steps": 2,
+    "checkpoint.keep": 2,  # the demo keeps one; the resume tests look at the last two
     "optim.warmup_steps": 2,
     **train_tiny.TINY,
 }

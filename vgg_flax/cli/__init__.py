@@ -1,10 +1,20 @@
-"""The `vgg-flax` command: one subcommand per module of this package, each with `add_parser`."""
+"""The `vgg-flax` command: one subcommand per module of this package, each with `add_parser`.
+
+Also the one error style of every entry point (`vgg-flax` and `python -m experiments.*`,
+through `entry_point`): an expected failure (bad input, a missing extra, a failed download, a
+missing file) prints one line naming the fix and exits 2; `--debug` or VGG_FLAX_DEBUG=1 shows
+the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import importlib
+import os
 import sys
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
@@ -25,8 +35,115 @@ SUBCOMMAND_MODULES = (
 )
 
 
+# The extra that installs each optional top-level module (pyproject.toml's optional-dependencies).
+EXTRAS = {
+    "tensorflow": "data",
+    "tensorflow_datasets": "data",
+    "sklearn": "data",
+    "importlib_resources": "data",
+    "torch": "torch",
+    "torchvision": "torch",
+    "keras": "references",
+    "h5py": "references",
+    "lpips": "references",
+    "piq": "references",
+    "torchmetrics": "references",
+    "jax2onnx": "deploy",
+    "onnx": "deploy",
+    "onnxruntime": "deploy",
+    "qwix": "deploy",
+    "tensorboard": "dev",
+}
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "VGG_FLAX_DEBUG"
+# Failures of bad input or of the environment, not of vgg-flax: one line, exit 2. ValueError is
+# the package's "bad input" (every refusal names the problem and the fix); OSError covers missing
+# files and failed downloads (`DownloadError` names the cache path to fill by hand).
+EXPECTED = (ValueError, OSError)
+_debugging = False  # set while a --debug run is in progress (a nested entry point sees it)
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """For an import of an optional dependency that failed, the line naming the extra to install."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    module = error.name.partition(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    install = f"pip install 'vgg-flax[{extra}]'"
+    return f"this needs the {extra!r} extra ({module} is not installed): {install}"
+
+
+def expected_message(error: BaseException) -> str | None:
+    """The one-line message of an expected failure, or None for a bug (shown with a traceback)."""
+    extra = missing_extra(error)
+    if extra is not None:
+        return extra
+    if isinstance(error, EXPECTED) and not isinstance(error, ModuleNotFoundError):
+        text = " ".join(str(error).split()) or type(error).__name__
+        return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+    return None
+
+
+def debug_requested(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """`argv` without `--debug`, and whether tracebacks are asked for (the flag or DEBUG_ENV)."""
+    argv = list(argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return [arg for arg in argv if arg != DEBUG_FLAG], debug
+
+
+def entry_point(prog: str) -> Callable[[Callable[[list[str]], int]], Callable[..., int]]:
+    """Decorate a program's `main(argv)` with the error style of every vgg-flax command.
+
+    The decorated `main(argv=None)` strips `--debug`; an expected failure (`expected_message`)
+    prints `PROG: error: MESSAGE` on one line and returns 2, unless debugging, when it is raised
+    with its traceback. A failure that is not expected (a bug) keeps its traceback.
+    """
+
+    def decorate(main: Callable[[list[str]], int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapped(argv: Sequence[str] | None = None) -> int:
+            global _debugging
+            argv, debug = debug_requested(sys.argv[1:] if argv is None else argv)
+            debug, outer = debug or _debugging, _debugging
+            _debugging = debug
+            try:
+                return int(main(argv) or 0)
+            except Exception as error:
+                message = expected_message(error)
+                if message is None or debug:
+                    raise
+                print(f"{prog}: error: {message} (--debug shows where)", file=sys.stderr)
+                return 2
+            finally:
+                _debugging = outer
+
+        return wrapped
+
+    return decorate
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps descriptions as written."""
+    """Shows the defaults worth showing and keeps descriptions as written.
+
+    An option whose help already says its default ("default: ...", "none: ...") or whose default
+    is None or False (an unset option, a plain flag) gets no "(default: ...)" appended.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.default in (None, False) or "default" in help.lower():
+            return help
+        return super()._get_help_string(action)
+
+
+def suggestion(unknown: str, parser: argparse.ArgumentParser) -> str:
+    """ " (did you mean --x?)" for an unknown option close to one of `parser`'s, else ""."""
+    name = unknown.partition("=")[0]
+    options = [o for action in parser._actions for o in action.option_strings]
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class SubcommandParser(argparse.ArgumentParser):
@@ -38,6 +155,7 @@ class SubcommandParser(argparse.ArgumentParser):
     advance; the program parses them from `args.argv`)."""
 
     def __init__(self, *args, pass_through: tuple[str, ...] = (), **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --weight is not --weights
         super().__init__(*args, **kwargs)
         self.pass_through = pass_through
 
@@ -53,6 +171,8 @@ class SubcommandParser(argparse.ArgumentParser):
                 if value is not None and value.startswith("-"):
                     kept.append(value)
         namespace, extras = super().parse_known_args(kept, namespace)
+        if extras:  # here, so that the message shows this subcommand's usage, not the top one's
+            self.error(f"unrecognized arguments: {' '.join(extras)}{suggestion(extras[0], self)}")
         namespace.argv = args
         return namespace, extras
 
@@ -64,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The VGG networks in JAX/Flax: summary, weight conversion, parity, data, "
         "prediction, and the paper's experiments (train, evaluate, reproduce).",
         formatter_class=HelpFormatter,
+        allow_abbrev=False,
+        epilog=f"{DEBUG_FLAG} (anywhere) or {DEBUG_ENV}=1: show the traceback of a failure.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('vgg-flax')}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
@@ -88,13 +210,11 @@ def add_subcommand(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script (errors: `entry_point`'s style)."""
+    argv, debug = debug_requested(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except ValueError as error:  # bad input: say what and how to fix it, no traceback
-        print(f"vgg-flax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    run = entry_point(f"vgg-flax {args.command}")(lambda _: args.run(args))
+    return run([DEBUG_FLAG] if debug else [])
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-flips", action="store_true", help="no horizontal flips (dense)")
     parser.add_argument("--top", type=int, default=5, help="classes shown per image")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     deploy.add_quantize_options(parser)
     parser.set_defaults(run=run)

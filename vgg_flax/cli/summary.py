@@ -12,7 +12,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `vgg-flax summary`."""
     parser = add_subcommand(subparsers, "summary", "table of all 12 networks: parameters, MACs")
     parser.add_argument("--size", type=int, default=224, help="input side for MACs")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--num-classes", type=int, default=1000, help="outputs of fc8 (parameters of the head)"
+    )
     parser.set_defaults(run=run)
 
 

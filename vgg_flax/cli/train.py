@@ -9,7 +9,10 @@ from vgg_flax.cli._experiments import experiments_module
 
 OVERRIDES = """\
 Any field of the config can be overridden: --config.FIELD=VALUE, repeated (e.g.
---config.batch_size=8 --config.optim.learning_rate=0.05 --config.width=0.125). A run resumes
+--config.batch_size=8 --config.optim.learning_rate=0.05 --config.width=0.125); every data
+option is a field too: --config.data.source=folder --config.data.folder=DIR trains on your own
+images (DIR/train/<class>/, DIR/validation/<class>/), --config.init_from=WEIGHTS starts from
+weights (a fresh classifier when the class counts differ). A run resumes
 from DIR's latest checkpoint when restarted with the same DIR. The configs are the files of
 experiments/configs/ (installed as vgg_flax/experiments/configs/); the same run from a checkout's
 root: python -m experiments.train --config experiments/configs/NAME.py --workdir DIR."""

@@ -22,8 +22,10 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
 
     digits: 32x32 renders, no rescale, whole-image crop, no flip (a flipped digit is another
     symbol), no colour shift. Other sources: the paper's S=256, random 224 crop, flip, PCA
-    lighting 0.1, ImageNet's mean RGB.
+    lighting 0.1, ImageNet's mean RGB. An override of None is no override (the source's
+    default): a training config's unset `config.data` fields (`base_config.data_fields`).
     """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     source = overrides.get("source", "digits")
     digits = source == "digits"
     size = overrides.get("image_size") or 32

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -192,6 +193,15 @@ def predict(
     ("center", "dense", "multicrop", "dense+multicrop"), flips, batch_size.
     """
     files = image_files(images)
+    if usage is None and preprocessing is None and model.num_classes != 1000:
+        # Not an ImageNet classifier: the defaults below (a 224 crop, numbered classes) are
+        # unlikely to be how it was trained (the demo's 32x32 digits net answered wrongly).
+        warnings.warn(
+            f"predict without a usage record on a {model.num_classes}-class model: using "
+            "torchvision's preprocessing, a 224 crop and numbered classes; pass the usage "
+            "vgg_flax.load returns, predict(files, *vgg_flax.load(path))",
+            stacklevel=2,
+        )
     if usage is not None:
         preprocessing = preprocessing or usage.preprocessing
         scales = scales or [usage.eval_scale]

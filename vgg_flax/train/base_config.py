@@ -2,14 +2,20 @@
 
 Each config of experiments/configs/ (one per row of Table 3, and the digits demo) calls
 `paper_config(...)` with what its row changes; `local(config)` turns any of them into a
-seconds-long smoke run on the embedded digits (tiny batch, two steps). It lives in the package,
+seconds-long smoke run on the embedded digits (tiny batch, two steps). `data_fields` is the one
+definition of `config.data`: every option of the input pipeline is a field of every config, so
+any of them (`folder`, `data_dir`, `manual_dir`, `crop_size`, ...) can be overridden on the
+command line (`--config.data.source=folder --config.data.folder=DIR`). It lives in the package,
 not beside the configs, so that a config file loads by its path from any folder (ml_collections
 loads it as a lone module: it can only import installed packages).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
+from ml_collections import config_dict
 
 from vgg_flax import preprocessing
 from vgg_flax.train import recipe
@@ -63,16 +69,33 @@ def paper_config(
     config.checkpoint.every_steps = 1000
     config.checkpoint.keep = 2
 
-    config.data = ml_collections.ConfigDict()
-    config.data.source = "imagenet2012"
-    config.data.scale = scale
-    config.data.scale_range = scale_range
+    config.data = data_fields(source="imagenet2012", scale=scale, scale_range=scale_range)
     return config
+
+
+def data_fields(**fields: Any) -> ml_collections.ConfigDict:
+    """`config.data`: every option of `vgg_flax.data.default_config`, `fields` set, the rest unset.
+
+    An unset field is None, which `default_config` reads as the source's default; it takes any
+    value from the command line (`--config.data.folder=DIR`, `--config.data.crop_size=64`,
+    `--config.data.scale_range='(256, 512)'`). An unknown name in `fields` raises ValueError.
+    """
+    from vgg_flax.data.config import default_config  # light: no TensorFlow
+
+    known = list(default_config(source=fields.get("source", "digits")))
+    unknown = set(fields) - set(known)
+    if unknown:
+        raise ValueError(f"unknown data options {sorted(unknown)}; known: {sorted(known)}")
+    data = ml_collections.ConfigDict()
+    for name in known:
+        value = fields.get(name)
+        data[name] = config_dict.placeholder(object) if value is None else value
+    return data
 
 
 def local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` shrunk to a smoke run: digits at 32x32, batch 2, two steps, one eval batch."""
-    config.data = ml_collections.ConfigDict({"source": "digits"})
+    config.data = data_fields(source="digits")
     config.init_from = ""  # local runs have no trained A to start from
     config.batch_size = 2
     config.eval_batch_size = 2

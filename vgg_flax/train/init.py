@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from vgg_flax.models import arch
 from vgg_flax.train import recipe
 
+HEAD = ("fc6", "fc7", "fc8")  # the classifier's layers
 # Variables of at least this many bytes get an initialisation program of their own: VGG16's
 # fc6 (411 MB) and fc7 (67 MB); smaller nets keep one program (each costs a compilation).
 OWN_PROGRAM_BYTES = 64 * 2**20
@@ -95,6 +96,34 @@ def warm_start_layers(source_arch: Any, target_arch: Any) -> dict[str, str]:
     )
 
 
+def classes_of(variables: Mapping[str, Any]) -> int | None:
+    """The number of classes of `variables`' fc8 (None: no classifier)."""
+    fc8 = variables.get("params", {}).get("fc8")
+    return None if fc8 is None else int(jnp.shape(fc8["kernel"])[-1])
+
+
+def with_fresh_head(
+    mapping: Mapping[str, str], source: Mapping[str, Any], variables: Mapping[str, Any]
+) -> tuple[dict[str, str], str | None]:
+    """`mapping` without the head layers that cannot be copied, and a note saying which.
+
+    Fine-tuning keeps every other copied layer and freshly initialised ones for: fc8, when the
+    source's number of classes differs from the target's (a 1000-class ImageNet net on a
+    two-class folder); fc6, fc7 and fc8, when the source has no classifier (features-only
+    weights). The note is None when nothing was left out.
+    """
+    params = source.get("params", {})
+    lacking = [dst for src, dst in mapping.items() if dst in HEAD and src not in params]
+    if lacking:
+        kept = {src: dst for src, dst in mapping.items() if dst not in lacking}
+        return kept, f"{', '.join(lacking)} start afresh (the weights have no classifier)"
+    theirs, ours = classes_of(source), classes_of(variables)
+    if "fc8" not in mapping.values() or theirs == ours:
+        return dict(mapping), None
+    kept = {src: dst for src, dst in mapping.items() if dst != "fc8"}
+    return kept, f"fc8 starts afresh ({theirs} classes in the weights, {ours} in this run)"
+
+
 def copy_layers(
     variables: Mapping[str, Any], source: Mapping[str, Any], mapping: Mapping[str, str]
 ) -> dict[str, Any]:
@@ -130,7 +159,7 @@ def _checked_copy(new: Any, old: Any, where: str) -> Any:
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
                 f"shape mismatch at {where}: checkpoint {jnp.shape(a)} vs model {jnp.shape(b)}; "
-                "for another number of classes, start fc8 afresh (set init_skip=('fc8',))"
+                "start that layer afresh: add it to the config's init_skip"
             )
         return jnp.asarray(a, dtype=jnp.asarray(b).dtype)
 

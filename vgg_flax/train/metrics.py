@@ -87,6 +87,18 @@ class MetricsWriter:
             self._tb.close()
 
 
+def bar_fields(step_metrics: Mapping[str, float], images_per_s: float) -> dict[str, str]:
+    """The progress bar's fields: cross-entropy and the L2 term apart (their sum is the loss
+    minimised, which would read as a poor fit: 4.1 where the data term is 0.1), the learning
+    rate and the throughput."""
+    return {
+        "xent": f"{step_metrics['cross_entropy']:.3f}",
+        "l2": f"{step_metrics['l2']:.3f}",
+        "lr": f"{step_metrics['learning_rate']:.2g}",
+        "img_s": f"{images_per_s:.1f}",
+    }
+
+
 def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | float | str]:
     """`config` flattened to dotted names ("optim.learning_rate") with values TensorBoard's
     hparams take: booleans, numbers and strings; other values (lists, None) as JSON text."""

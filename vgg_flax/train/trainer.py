@@ -30,7 +30,7 @@ from vgg_flax.models.vgg import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
 from vgg_flax.train import optim
-from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers
+from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers, with_fresh_head
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
 from vgg_flax.transfer import finetune
 from vgg_flax.weights import checkpoint
@@ -288,9 +288,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 images_per_s = (step - tick_step) * config.batch_size / (now - tick)
                 tick, tick_step = now, step
                 writer.write(step, {**step_metrics, "images_per_s": images_per_s}, kind="train")
-            bar.set_postfix(
-                loss=f"{step_metrics['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_s:.1f}"
-            )
+            bar.set_postfix(metrics_lib.bar_fields(step_metrics, images_per_s), refresh=False)
             bar.update(1)
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate()
@@ -298,7 +296,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 state["opt_state"] = record_evaluation(state["opt_state"], last_eval["accuracy"])
                 bar.write(
                     f"step {step}: eval top-1 {last_eval['accuracy']:.4f} "
-                    f"loss {last_eval['loss']:.4f}"
+                    f"cross-entropy {last_eval['loss']:.4f}"
                 )
                 tick, tick_step = time.perf_counter(), step  # evaluation is not training
             if step % config.checkpoint.every_steps == 0:
@@ -357,7 +355,9 @@ def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Us
 
     The input preprocessing the run trained with, with its numbers (for "mean_rgb", the mean
     itself), the run's test resize Q and crop (the input size), its training scale S, whether
-    it flipped images, and the class names when the dataset has them.
+    it flipped images, the class names when the dataset has them, and the protocol its
+    evaluations use ("center": the pipeline's resize to `eval_scale` and centre crop), so that
+    `experiments.evaluate` on the run's model/ scores what the run reported by default.
     """
     from vgg_flax.data.config import preprocessing_for, train_scale
 
@@ -369,6 +369,7 @@ def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Us
         names,
         train_scale=scale,
         train_flip=bool(data_config.flip),
+        eval_protocol="center",
     )
 
 
@@ -400,6 +401,9 @@ def start_from(
 ) -> dict[str, Any]:
     """`variables` with layers copied from the weights at `path` (`vgg_flax.load`; see init.py).
 
+    A classifier for another number of classes starts afresh, said in the line that names the
+    copied layers (`init.with_fresh_head`); `skip` names more target layers not to copy.
+
     `preprocessing` (this run's `Preset`) is checked against the one the weights record: a
     warm start from weights trained on other inputs (another mean, channel order or scale)
     starts from features that do not fit, so it is said.
@@ -413,9 +417,12 @@ def start_from(
         )
     mapping = warm_start_layers(source_model.arch, target_arch)
     mapping = {src: dst for src, dst in mapping.items() if dst not in skip}
+    mapping, note = with_fresh_head(mapping, source, variables)
+    started = copy_layers(variables, source, mapping)  # refuses a mismatch before saying anything
     label = arch_label(source_model.arch)
-    _say(f"copied {', '.join(mapping.values())} from the {label} net at {path}")
-    return copy_layers(variables, source, mapping)
+    copied = f"copied {', '.join(mapping.values())} from the {label} net at {path}"
+    _say(f"{copied}; {note}" if note else copied)
+    return started
 
 
 def _values(preset: Any) -> tuple[Any, ...]:

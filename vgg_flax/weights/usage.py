@@ -57,7 +57,9 @@ class Usage:
     - source, metrics ({"acc1", "acc5"}: ImageNet top-1/top-5 accuracy in %, as published);
     - train_scale, train_flip: a training run's S (or (Smin, Smax)) and whether it flipped
       images (None: unknown), which evaluation takes as its defaults;
-    - name: the registry name (e.g. "vgg16_bn"), where the weights have one.
+    - name: the registry name (e.g. "vgg16_bn"), where the weights have one;
+    - eval_protocol: the test protocol a training run reported its accuracy with ("center":
+      resize to the preset's resize, centre crop), which evaluation takes as its default.
     """
 
     architecture: Mapping[str, Any]
@@ -69,6 +71,7 @@ class Usage:
     train_scale: int | tuple[int, int] | None = None
     train_flip: bool | None = None
     name: str | None = None
+    eval_protocol: str | None = None
 
     @property
     def input_size(self) -> int:
@@ -99,6 +102,8 @@ class Usage:
             record["train_flip"] = bool(self.train_flip)
         if self.name is not None:
             record["name"] = self.name
+        if self.eval_protocol is not None:
+            record["eval_protocol"] = self.eval_protocol
         return record
 
 
@@ -167,6 +172,7 @@ def from_metadata(
             tuple(scale) if isinstance(scale, list) else scale,
             record.get("train_flip"),
             record.get("name"),
+            record.get("eval_protocol"),
         )
     return _legacy(metadata, spec, data_mean, where)
 

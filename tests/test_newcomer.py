@@ -1,0 +1,319 @@
+"""A newcomer's path (issue 27): own images, converted weights, the documented commands.
+
+- Fine-tuning 1000-class weights (a narrow stand-in for a converted torchvision `.pth`: a real
+  one is full width, 530 MB, too slow here; `vgg-flax convert` has its own tests) on a folder
+  of two classes with the shipped digits config and command-line overrides only
+  (docs/training.md, "Your own images"): a fresh fc8 is said in one line, and
+  `experiments.evaluate` with no flags beyond the checkpoint and the dataset scores exactly
+  what the run reported: at 32x32 through the `vgg-flax train` command line (one
+  subprocess), at 224 in process (the run records its "center" protocol).
+- `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
+- Expected failures print one line and exit 2: a download offline, and, in a process where
+  the extras' modules cannot be imported, every entry point that needs one names the
+  `pip install 'vgg-flax[EXTRA]'` to run.
+
+The nets are narrow (conv widths / 16, a 16-wide head), the images 40x40 PNGs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import vgg_flax
+from vgg_flax import cli
+from vgg_flax.train.init import init_variables
+
+ROOT = Path(__file__).resolve().parent.parent
+NARROW = {"width": 0.0625, "head_width": 16}
+CLASSES = ("cat", "dog")
+# The documented fine-tuning overrides (docs/training.md), with a narrow net and a short run.
+FINETUNE = [
+    "--config.batch_norm=False",  # torchvision's vgg11 has none
+    f"--config.head_width={NARROW['head_width']}",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.total_steps=3",
+    "--config.optim.warmup_steps=0",
+    "--config.log_every_steps=1",
+]
+SMALL_INPUT = [
+    "--config.data.crop_size=32",
+    "--config.data.scale=32",
+    "--config.data.eval_scale=32",
+]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """folder/<split>/<class>/*.png: reddish cats and bluish dogs, 8 + 4 of each."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("validation", 4)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 120, (40, 40, 3))
+                pixels[..., 2 * label] += 120  # red for cats, blue for dogs
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def evaluate_quietly(argv: list[str]) -> dict:
+    """experiments.evaluate's JSON result (its last line of output), run in this process."""
+    from experiments import evaluate
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert evaluate.main(argv) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def assert_scores_as_reported(workdir: Path, photos: Path) -> dict:
+    summary = json.loads((workdir / "summary.json").read_text())
+    result = evaluate_quietly(
+        ["--checkpoint", str(workdir / "model"), "--dataset", "folder", "--folder", str(photos)]
+    )
+    examples = summary["eval"]["examples"]
+    assert result["examples"] == examples == 2 * 4
+    errors = round((1 - summary["eval"]["accuracy"]) * examples)
+    assert round(result["top1_error"] * examples / 100) == errors
+    assert result["protocol"] == "center"  # what the run's evaluation used, recorded
+    return result
+
+
+def test_finetune_imagenet_weights_on_a_folder_at_32_from_the_command_line(
+    photos, imagenet_like, tmp_path
+):
+    workdir = tmp_path / "run"
+    command = [
+        *("train", "--config", "digits", "--workdir", str(workdir)),
+        "--config.data.source=folder",
+        f"--config.data.folder={photos}",
+        f"--config.init_from={imagenet_like[0]}",
+        f"--config.width={NARROW['width']}",
+        *FINETUNE,
+        *SMALL_INPUT,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from vgg_flax.cli import main; sys.exit(main())"]
+        + command,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [copied] = [line for line in done.stdout.splitlines() if line.startswith("copied")]
+    assert ", fc7 from the A net" in copied and ", fc8" not in copied
+    assert copied.endswith("; fc8 starts afresh (1000 classes in the weights, 2 in this run)")
+    assert "xent=" in done.stderr and "l2=" in done.stderr  # the bar: both terms, apart
+    usage = vgg_flax.load(workdir / "model").usage
+    assert usage.class_names == CLASSES and usage.input_size == 32
+    assert_scores_as_reported(workdir, photos)
+
+
+def test_a_224_run_on_a_folder_scores_as_reported(photos, tmp_path, capsys):
+    from experiments import train
+
+    workdir = tmp_path / "run224"
+    argv = ["--config", "digits", "--workdir", str(workdir), "--config.data.source=folder"]
+    argv += [f"--config.data.folder={photos}", f"--config.width={NARROW['width']}", *FINETUNE]
+    argv[argv.index("--config.total_steps=3")] = "--config.total_steps=2"
+    assert train.main(argv) == 0
+    assert vgg_flax.load(workdir / "model").usage.input_size == 224
+    capsys.readouterr()
+    # Not the dense protocol with flips (published weights' default): the run's own, recorded.
+    assert assert_scores_as_reported(workdir, photos)["scales"] == [256]
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> tuple[Path, dict]:
+    """A saved narrow 1000-class VGG-A and its variables."""
+    model = vgg_flax.create_model("A", **NARROW)
+    variables = init_variables(model, jax.random.key(0), 32)
+    return vgg_flax.save(tmp_path_factory.mktemp("a") / "a", model, variables), variables
+
+
+def test_other_classes_get_a_fresh_fc8_said_in_one_line(imagenet_like, capsys):
+    from vgg_flax.train.trainer import start_from
+
+    path, source = imagenet_like
+    two = vgg_flax.create_model("A", **NARROW, num_classes=2)
+    target = init_variables(two, jax.random.key(1), 32)
+    started = start_from(target, "A", str(path))
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("copied conv1_1") and ", fc7 from the A net" in line
+    assert line.endswith("; fc8 starts afresh (1000 classes in the weights, 2 in this run)")
+    np.testing.assert_array_equal(
+        started["params"]["fc7"]["kernel"], source["params"]["fc7"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        started["params"]["fc8"]["kernel"], target["params"]["fc8"]["kernel"]
+    )
+
+
+def test_features_only_weights_start_the_whole_head_afresh():
+    from vgg_flax.train.init import with_fresh_head
+
+    mapping = {name: name for name in ("conv1_1", "fc6", "fc7", "fc8")}
+    ones = {"kernel": np.ones((3, 3, 3, 4))}
+    target = {"params": {"conv1_1": ones, "fc8": {"kernel": np.ones((16, 2))}}}
+    kept, note = with_fresh_head(mapping, {"params": {"conv1_1": ones}}, target)
+    assert kept == {"conv1_1": "conv1_1"}
+    assert note == "fc6, fc7, fc8 start afresh (the weights have no classifier)"
+
+
+def test_a_shape_mismatch_is_refused_before_anything_is_said(imagenet_like, capsys):
+    from vgg_flax.train.trainer import start_from
+
+    wider = vgg_flax.create_model("A", width=0.125, head_width=16, num_classes=2)
+    with pytest.raises(ValueError, match="shape mismatch at params/conv1_1"):
+        start_from(init_variables(wider, jax.random.key(1), 32), "A", str(imagenet_like[0]))
+    assert "copied" not in capsys.readouterr().out
+
+
+def test_python_predict_with_what_load_returns_is_the_cli(digits_run, tmp_path, capsys):
+    from vgg_flax.data.sources import digits_arrays
+
+    model_dir = digits_run[0] / "model"
+    images, _, _ = digits_arrays(32)["test"]
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.asarray(images[i] * 255, np.uint8)).save(files[-1])
+    assert cli.main(["predict", *files, "--weights", str(model_dir), "--json", "--top", "3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    predictions = vgg_flax.predict(files, *vgg_flax.load(model_dir), top=3)
+    for prediction, row in zip(predictions, shown, strict=True):
+        assert [(i, n) for i, n, _ in prediction.top] == [
+            (t["index"], t["name"]) for t in row["top"]
+        ]
+        np.testing.assert_allclose(
+            [p for _, _, p in prediction.top], [t["probability"] for t in row["top"]], rtol=1e-6
+        )
+    loaded = vgg_flax.load(model_dir)
+    with pytest.warns(UserWarning, match="without a usage record"):
+        vgg_flax.predict(files[:1], loaded.model, loaded.variables, input_size=32, scales=[32])
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def test_a_download_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    with socket.socket() as sock:  # a port just closed: nothing leaves the machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("VGG_FLAX_BASE_URL", f"http://127.0.0.1:{port}/models")
+    monkeypatch.setenv("VGG_FLAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 40)).save(photo)
+    assert cli.main(["predict", str(photo)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("vgg-flax predict: error: DownloadError") and "cache" in line
+    with pytest.raises(OSError):  # --debug: the exception itself, with its traceback
+        cli.main(["predict", str(photo), "--debug"])
+
+
+# Each entry point that needs an extra, with arguments that reach the import; run where the
+# extras' modules cannot be imported (BLOCKER), as after `pip install -e .` alone.
+NEEDS_EXTRA = {
+    "experiments.train": ("data", ["--config", "digits", "--workdir", "W/train"]),
+    "experiments.evaluate": ("data", ["--checkpoint", "M", "--dataset", "digits"]),
+    "experiments.reproduce_tables": ("data", ["--checkpoint", "M@256", "--dataset", "digits"]),
+    "experiments.dataset_stats": ("data", ["--source", "digits"]),
+    "experiments.perceptual_example": ("data", ["--trunk", "M", "--out", "W/perceptual"]),
+    "vgg-flax train": ("data", ["train", "--config", "digits", "--workdir", "W/cli_train"]),
+    "vgg-flax evaluate": ("data", ["evaluate", "--checkpoint", "M", "--dataset", "digits"]),
+    "vgg-flax prepare-data": ("data", ["prepare-data", "--source", "mnist"]),
+    "vgg-flax export savedmodel": ("data", ["export", "M", "W/sm", "--format", "savedmodel"]),
+    "vgg-flax export onnx": ("deploy", ["export", "M", "W/m.onnx", "--format", "onnx"]),
+    "vgg-flax parity": ("torch", ["parity", "vgg11"]),
+}
+BLOCKED = (
+    "tensorflow tensorflow_datasets sklearn torch torchvision triton keras h5py lpips piq "
+    "torchmetrics jax2onnx onnx onnxruntime qwix tensorboard"
+).split()
+# Every finder answers "not found" for the extras' modules, as in a venv without them (so
+# `importlib.util.find_spec("tensorflow")`, which Orbax's etils asks, is None too).
+BLOCKER = f"""
+import importlib.abc, sys
+
+class HideExtras(importlib.abc.MetaPathFinder):
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {BLOCKED!r}:
+            return None
+        find = getattr(self.finder, "find_spec", None)
+        return find(name, path, target) if find else None
+
+    def invalidate_caches(self):
+        getattr(self.finder, "invalidate_caches", lambda: None)()
+
+    def find_distributions(self, *args, **kwargs):
+        return getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
+
+sys.meta_path[:] = [HideExtras(finder) for finder in sys.meta_path]
+"""
+SCRIPT = """
+import contextlib, importlib, io, json, sys
+import jax, vgg_flax
+from vgg_flax import cli
+from vgg_flax.cli._experiments import experiments_module
+
+tiny = vgg_flax.create_model("A", width=0.0625, head_width=16, num_classes=2)
+vgg_flax.save("M", tiny, jax.jit(tiny.init)(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))))
+results = {}
+for name, (extra, argv) in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        if name.startswith("experiments."):
+            code = experiments_module(name.split(".")[1]).main(argv)
+        else:
+            code = cli.main(argv)
+    results[name] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_each_entry_point_names_its_missing_extra(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "W").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(NEEDS_EXTRA)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (extra, _) in NEEDS_EXTRA.items():
+        code, stderr = results[name]
+        assert code == 2, (name, stderr[-2000:])
+        line = one_line_error(stderr)
+        assert f"pip install 'vgg-flax[{extra}]'" in line, (name, line)
