@@ -23,7 +23,7 @@ import pytest
 import vgg_flax
 from vgg_flax.formats.safetensors import write_safetensors
 from vgg_flax.weights import hub
-from vgg_flax.weights.transfer import DownloadError
+from vgg_flax.weights.fetching import DownloadError
 
 REPO = "someone/vgg-tiny"
 COMMITS = ("a" * 40, "b" * 40)  # the older and the newer commit; main is the newer

@@ -7,7 +7,7 @@ like any weights folder. The hub's own rules hold: files are cached once per com
 vgg-flax adds: every file is checked against the hash the hub named it by (the SHA-256 of a
 large file, the git blob hash of a small one), so a corrupt or tampered copy is refused, also
 offline; a file over `MAX_FILE_BYTES` is refused before it is downloaded; and a server that
-stalls is given up on after the download timeout (`vgg_flax.weights.transfer`). HF_ENDPOINT,
+stalls is given up on after the download timeout (`vgg_flax.weights.fetching`). HF_ENDPOINT,
 HF_HUB_CACHE and HF_HUB_OFFLINE are read at each call (huggingface_hub reads them at import).
 """
 
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from vgg_flax.weights.transfer import DownloadError, download_timeout
+from vgg_flax.weights.fetching import DownloadError, download_timeout
 from vgg_flax.weights.usage import Source
 
 PREFIX = "hf-hub:"
