@@ -11,8 +11,9 @@ fixtures); the four-device run (a process of its own) runs beside the one-device
 
 The runs are of narrow nets (NARROW: every conv's channels and fc6/fc7 narrowed alike on both
 sides): the step drop, the optimiser's update of every parameter, BatchNorm, dropout and the
-float32 drift are the same code at any width, and a full-width float64 run costs ~8 GB and minutes (docs/parity.md shows
-the full-width command; the forward and backward passes at full width are tests/test_parity.py's).
+float32 drift are the same code at any width, and a full-width float64 run costs ~8 GB and
+minutes (docs/parity.md shows the full-width command; the forward and backward passes at full
+width are tests/test_parity.py's).
 """
 
 import os

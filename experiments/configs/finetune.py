@@ -27,17 +27,13 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config.freeze = "pool5"  # last frozen layer ("" for none; "conv4_3", "fc6", ...)
     config.layer_rates = ""  # "PATTERN=FACTOR,..." learning-rate multipliers of layers
     config.bn_stats = "frozen"  # frozen layers' BatchNorm statistics: "frozen" or "update"
-    # These data fields are the input pipeline's (vgg_flax.data.config); the base config may
-    # not list them yet.
-    config.data = ml_collections.ConfigDict(
-        {
-            "source": "folder",
-            "folder": "",  # folder/train/<class>/<images>, folder/val/<class>/<images>
-            "split": "train",
-            "eval_split": "val",
-            "flip": True,  # False for images whose mirror is another class (digits, text)
-            "pca_lighting": 0.0,  # the paper's colour shift (0.1) off: small datasets
-        }
+    config.data = base_config.data_fields(
+        source="folder",
+        folder="",  # folder/train/<class>/<images>, folder/val/<class>/<images>
+        split="train",
+        eval_split="val",
+        flip=True,  # False for images whose mirror is another class (digits, text)
+        pca_lighting=0.0,  # the paper's colour shift (0.1) off: small datasets
     )
     config.batch_size = 32
     config.eval_batch_size = 32

@@ -32,9 +32,9 @@ from tqdm import tqdm
 from vgg_flax.models.vgg import VGG
 from vgg_flax.weights import hub
 from vgg_flax.weights import registry as weights
-from vgg_flax.weights.loading import Loaded, load
 from vgg_flax.weights.fetching import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from vgg_flax.weights.fetching import DownloadError, download_timeout
+from vgg_flax.weights.loading import Loaded, load
 from vgg_flax.weights.usage import Usage, with_classes
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
