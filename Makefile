@@ -37,6 +37,6 @@ test: $(TEST_STAMP)
 # Line coverage of vgg_flax/ over the whole suite, its subprocesses included (.coveragerc).
 coverage: $(TEST_STAMP)
 	rm -f .coverage .coverage.*
-	COVERAGE_SOURCE=$(CURDIR)/vgg_flax COVERAGE_DATA_DIR=$(CURDIR) $(PY) -m coverage run -m pytest
+	COVERAGE_SOURCE=$(CURDIR)/vgg_flax COVERAGE_DATA_DIR=$(CURDIR) $(PY) -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	$(PY) -m coverage combine -q
 	COVERAGE_SOURCE=$(CURDIR)/vgg_flax $(PY) -m coverage report | tail -n 3

@@ -171,3 +171,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # Under pytest-xdist (`make test`), one worker runs them all, one after the other.
             item.add_marker(pytest.mark.xdist_group("big_memory"))
     items.sort(key=lambda item: item.get_closest_marker("big_memory") is None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_memory_after_each_file():
+    """After each test file, drop JAX's compiled programs and traces and collect garbage.
+
+    A pytest-xdist worker runs dozens of files; what they leave behind adds up to gigabytes,
+    and two such workers beside a big test outgrow a 24 GB machine. A program needed again is
+    read back from the persistent compilation cache.
+    """
+    yield
+    import gc
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()

@@ -16,8 +16,8 @@ import torchvision
 from jax import lax
 
 import vgg_flax
-from vgg_flax.formats.torchvision import to_torchvision
 from vgg_flax.models import ops as kernels
+from vgg_flax.parity.torchvision import flax_layout, torch_layout, torch_model
 from vgg_flax.xla_options import compiler_options
 
 
@@ -119,9 +119,10 @@ def test_max_pool_matches_reduce_window_and_torch_including_ties(shape):
 
 
 def test_model_logits_and_gradients_match_torchvision():
-    """vgg11 with random weights: logits and every parameter's gradient equal torchvision's."""
+    """A narrow vgg11 with random weights: logits and every parameter's gradient equal
+    torchvision's (the full-width nets' gradients are tests/test_parity.py's)."""
     torch.manual_seed(0)
-    net = torchvision.models.vgg11(num_classes=10).eval()
+    net = torch_model("vgg11", seed=0, width=0.25, head_width=64)
     images = torch.randn(2, 3, 32, 32)
     labels = torch.tensor([3, 7])
     loss = torch.nn.functional.cross_entropy(net(images), labels)
@@ -129,7 +130,8 @@ def test_model_logits_and_gradients_match_torchvision():
     logits_t = net(images).detach().numpy()
     grads_t = {k: p.grad.numpy() for k, p in net.named_parameters()}
 
-    model, variables, _ = vgg_flax.load(net.state_dict(), "vgg11")
+    variables = flax_layout(net.state_dict(), "vgg11", jnp.float32)
+    model = vgg_flax.create_model("vgg11", width=0.25, head_width=64)
     x = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
 
     def loss_fn(params):
@@ -142,7 +144,7 @@ def test_model_logits_and_gradients_match_torchvision():
     scale = np.abs(logits_t).max()
     np.testing.assert_allclose(logits_j, logits_t, rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_allclose(loss_j, loss.item(), rtol=1e-5)
-    grads_j = to_torchvision({"params": grads}, "vgg11")
+    grads_j = dict(torch_layout({"params": grads}, "vgg11"))
     assert grads_j.keys() == grads_t.keys()
     for key, want in grads_t.items():
         got = grads_j[key]
