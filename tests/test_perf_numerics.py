@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 import torch
-import torchvision
 from jax import lax
 
 import vgg_flax
