@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vgg_flax import cli, data, parallel
+from vgg_flax.data.config import resolve
+from vgg_flax.train import base_config
 
 # The first three validation images' classes in the list TFDS ships (validation_labels.txt):
 # labels are matched to ILSVRC2012_val_00000001.JPEG ... by sorted file name.
@@ -183,3 +185,62 @@ def test_any_tfds_dataset_by_name(tmp_path):
         np.testing.assert_array_equal(lit, np.asarray(batch["label"]))
     examples = list(data.eval_images(cfg, scale_q=16))
     assert len(examples) == 5 and len({ex["key"] for ex in examples}) == 5
+
+
+def write_class_folder(root, counts: dict[str, int]) -> set[str]:
+    """root/<class>/<i>.png: tiny PNGs (and a stray text file); their 'class/name' names."""
+    names = set()
+    for c, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.full((8, 8, 3), 10 * c + i, np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+            names.add(f"{name}/{i:02d}.png")
+        (root / name / "notes.txt").write_text("not an image: ignored, as ImageFolder does")
+    return names
+
+
+def _split_names(source, split):
+    rows = list(source.read(split).as_numpy_iterator())
+    names = ["/".join(r["key"].decode().split("/")[-2:]) for r in rows]
+    assert [source.class_names[r["label"]] for r in rows] == [n.split("/")[0] for n in names]
+    return names
+
+
+def test_a_class_folder_splits_stratified_and_deterministic(tmp_path):
+    counts = {"ant": 10, "bee": 5, "cow": 7}
+    everything = write_class_folder(tmp_path / "one", counts)
+    source = data.make_source("folder", folder=str(tmp_path / "one"))
+    assert source.class_names == ("ant", "bee", "cow") and source.num_classes == 3
+    train, val = _split_names(source, "train"), _split_names(source, "val")
+    assert not set(train) & set(val) and set(train) | set(val) == everything
+    assert len(train) + len(val) == len(everything)
+    per_class = {c: sum(n.startswith(c + "/") for n in val) for c in counts}
+    assert per_class == {"ant": 2, "bee": 1, "cow": 1}  # round(0.2 n) of each class
+    assert len({n.split("/")[0] for n in train[:6]}) == 3  # classes interleaved, not in blocks
+    # the same files in the same parts from another folder, files written in another order
+    other = tmp_path / "elsewhere" / "two"
+    for name in sorted(everything, reverse=True):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_bytes((tmp_path / "one" / name).read_bytes())
+    again = data.make_source("folder", folder=str(other))
+    assert (_split_names(again, "train"), _split_names(again, "val")) == (train, val)
+    # through the pipeline: val_fraction is a data option
+    options = {"source": "folder", "folder": str(other), "eval_split": "val", "val_fraction": 0.5}
+    keys = [ex["key"] for ex in data.eval_images(options, scale_q=8)]
+    assert len(keys) == 5 + 3 + 4  # half of each class, rounded half up
+    assert base_config.data_fields(source="folder").val_fraction is None  # a config field
+
+
+def test_class_folder_errors(tmp_path):
+    write_class_folder(tmp_path / "small", {"ant": 5, "bee": 2})
+    with pytest.raises(ValueError, match=r"small/bee has 2 image\(s\): too few.*val_fraction=0.2"):
+        data.make_source("folder", folder=str(tmp_path / "small"))
+    assert data.make_source("folder", folder=str(tmp_path / "small"), val_fraction=0.5)
+    write_class_folder(tmp_path / "split" / "train", {"ant": 2, "bee": 2})
+    write_class_folder(tmp_path / "split" / "val", {"ant": 1, "bee": 1})
+    with pytest.raises(ValueError, match=r"already split into train, val/.*drop val_fraction"):
+        data.make_source("folder", folder=str(tmp_path / "split"), val_fraction=0.2)
+    assert data.make_source("folder", folder=str(tmp_path / "split")).split_sizes["val"] == 2
+    with pytest.raises(ValueError, match="val_fraction=1.5 must be between 0 and 1"):
+        resolve({"source": "folder", "val_fraction": 1.5})

@@ -33,7 +33,8 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
         source=source,
         data_dir=None,  # TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets)
         manual_dir=None,  # imagenet2012: folder with ILSVRC2012_img_{train,val}.tar
-        folder=None,  # source="folder": folder/<split>/<class>/<images>
+        folder=None,  # source="folder": folder/<split>/<class>/<images> or folder/<class>/<images>
+        val_fraction=None,  # folder/<class>/: the part split off as "val" (None: 0.2)
         split="train",  # training split
         eval_split="test" if digits else "validation",
         image_size=size,  # digits render size
@@ -138,6 +139,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ValueError(f"scale={cfg['scale']} is below crop_size={crop}: S must be >= the crop")
     if cfg["eval_scale"] < crop:
         raise ValueError(f"eval_scale={cfg['eval_scale']} is below crop_size={crop}")
+    if cfg["val_fraction"] is not None and not 0 < cfg["val_fraction"] < 1:
+        raise ValueError(f"val_fraction={cfg['val_fraction']} must be between 0 and 1 (exclusive)")
     if cfg["pca_lighting"] < 0:
         raise ValueError(f"pca_lighting={cfg['pca_lighting']} must be >= 0 (0 disables it)")
 

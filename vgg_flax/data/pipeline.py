@@ -50,6 +50,7 @@ def source_for(cfg: Mapping[str, Any]) -> sources.Source:
         cfg["source"],
         image_size=cfg["image_size"],
         folder=cfg["folder"],
+        val_fraction=cfg["val_fraction"],
         data_dir=cfg["data_dir"],
         manual_dir=cfg["manual_dir"],
     )

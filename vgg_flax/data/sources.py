@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vgg_flax.data import downloads
+from vgg_flax.data import downloads, folder_split
 
 DIGITS_SPLITS = {"train": 1437, "test": 360}  # scikit-learn's 1,797 digits, split 80/20
 DIGITS_SPLIT_SEED = 0
@@ -131,13 +131,32 @@ def tfds_source(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     return _builder_source(name, builder, slicing=True)
 
 
-def folder_source(folder: str) -> Source:
-    """Images in `folder/<split>/<class>/<file>` (.jpg/.jpeg/.png), via TFDS's ImageFolder."""
+def folder_source(folder: str, val_fraction: float | None = None) -> Source:
+    """Images in `folder/<split>/<class>/<file>` (.jpg/.jpeg/.png), via TFDS's ImageFolder; or in
+    `folder/<class>/<file>`, split into "train" and "val" by `val_fraction` (`folder_split`)."""
     if not folder or not os.path.isdir(folder):
         raise ValueError(
-            f"folder={folder!r} is not a directory; expected folder/<split>/<class>/<image files>"
+            f"folder={folder!r} is not a directory; expected folder/<split>/<class>/<image files> "
+            "or folder/<class>/<image files>"
         )
+    if folder_split.is_class_folder(folder):
+        return _class_folder_source(folder, val_fraction)
+    folder_split.check_split_folder(folder, val_fraction)
     return _builder_source(folder, tfds.folder_dataset.ImageFolder(folder), slicing=False)
+
+
+def _class_folder_source(folder: str, val_fraction: float | None) -> Source:
+    parts, classes = folder_split.split_class_folder(folder, val_fraction)
+
+    def reader(split, start, stop):
+        paths, labels = zip(*parts[split][start:stop], strict=True) if stop > start else ((), ())
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"key": tf.constant(paths, tf.string), "label": tf.constant(labels, tf.int32)}
+        )
+        return ds.map(lambda ex: {"image": tf.io.read_file(ex["key"]), **ex})
+
+    sizes = {split: len(rows) for split, rows in parts.items()}
+    return Source(folder, len(classes), sizes, reader, class_names=classes)
 
 
 def _builder_source(name: str, builder: Any, *, slicing: bool) -> Source:
@@ -185,7 +204,7 @@ def make_source(source: str, **options: Any) -> Source:
     if source == "digits":
         return digits_source(options.get("image_size") or 32)
     if source == "folder":
-        return folder_source(options.get("folder"))
+        return folder_source(options.get("folder"), options.get("val_fraction"))
     return tfds_source(
         source, data_dir=options.get("data_dir"), manual_dir=options.get("manual_dir")
     )
