@@ -5,7 +5,8 @@ Run:   vgg-flax train --config experiments/configs/finetune.py --workdir runs/fi
 `init_from` is anything `vgg_flax.load` reads (a checkpoint folder such as runs/demo/model, a
 .pth/.h5/.caffemodel file) or a pretrained name; the architecture and the input preprocessing
 come from its usage record (`from_weights`), fc8 starts afresh for the folder's classes
-(`init_skip`). The folder holds folder/train/<class>/<images> and folder/val/<class>/<images>.
+(`init_skip`). The folder holds folder/train/<class>/<images> and folder/val/<class>/<images>,
+or only folder/<class>/<images>: then `data.val_fraction` of each class (0.2 unless set) is "val".
 `freeze="pool5"` freezes the conv trunk (its BatchNorm statistics too, `bn_stats="frozen"`;
 "update" lets them move), "" trains everything; `layer_rates` ("conv*=0.1,fc6=0.5") multiplies
 layers' learning rates. Checkpoints, resume and evaluation are the trainer's.
@@ -29,7 +30,8 @@ def get_config(mode: str | None = None) -> ml_collections.ConfigDict:
     config.bn_stats = "frozen"  # frozen layers' BatchNorm statistics: "frozen" or "update"
     config.data = base_config.data_fields(
         source="folder",
-        folder="",  # folder/train/<class>/<images>, folder/val/<class>/<images>
+        folder="",  # folder/{train,val}/<class>/<images>, or folder/<class>/<images>
+        val_fraction=None,  # folder/<class>/: the part of each class held out as "val" (0.2)
         split="train",
         eval_split="val",
         flip=True,  # False for images whose mirror is another class (digits, text)

@@ -54,7 +54,10 @@ def split_class_folder(
     classes = tuple(_subfolders(folder))
     parts: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}
     for label, name in enumerate(classes):
-        files = sorted(_images(os.path.join(folder, name)), key=lambda f: _order(f"{name}/{f}"))
+        files = sorted(
+            (_order(f"{name}/{f}"), os.path.join(folder, name, f), label)
+            for f in _images(os.path.join(folder, name))
+        )
         num_val = math.floor(len(files) * fraction + 0.5)
         if not 0 < num_val < len(files):
             raise ValueError(
@@ -62,9 +65,8 @@ def split_class_folder(
                 f"for val_fraction={fraction} (each split needs at least one). Add images, "
                 f"change data.val_fraction, or split the folder into train/ and val/ yourself"
             )
-        for split, chosen in (("val", files[:num_val]), ("train", files[num_val:])):
-            parts[split] += [(_order(f"{name}/{f}"), os.path.join(folder, name, f), label)
-                             for f in chosen]  # fmt: skip
+        parts["val"] += files[:num_val]
+        parts["train"] += files[num_val:]
     return {s: [(p, lb) for _, p, lb in sorted(rows)] for s, rows in parts.items()}, classes
 
 
