@@ -147,13 +147,9 @@ def _dists_pair(reference, trunk, load_dists):
     a torchvision vgg16 holding the lpips trunk's convolutions, and the published file (alpha and
     beta divided by their sum, as the authors' code uses them), instead.
     """
-    import copy
-    from unittest import mock
-
-    import piq.perceptual
     import torchvision
 
-    from vgg_flax.perceptual.dists_weights import find_weights
+    from vgg_flax.parity.piq_dists import offline_piq_dists
 
     vgg = torchvision.models.vgg16()
     convs = [m for m in reference.net.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -161,14 +157,7 @@ def _dists_pair(reference, trunk, load_dists):
         [m for m in vgg.features if isinstance(m, torch.nn.Conv2d)], convs, strict=True
     ):
         ours.load_state_dict(theirs.state_dict())
-    weights = torch.load(find_weights(), map_location="cpu")
-    total = weights["alpha"].sum() + weights["beta"].sum()
-    summed_to_one = {key: value / total for key, value in weights.items()}
-    with (
-        mock.patch.object(piq.perceptual, "vgg16", lambda *a, **k: copy.deepcopy(vgg)),
-        mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: summed_to_one),
-    ):
-        piq_dists = piq.DISTS(reduction="none")
+    piq_dists = offline_piq_dists(vgg)
     return load_dists(trunk=trunk), piq_dists
 
 

@@ -18,8 +18,6 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-import piq
-import piq.perceptual
 import pytest
 import torch
 import torchvision
@@ -29,6 +27,7 @@ from sklearn.datasets import load_sample_images
 from vgg_flax.experiments.perceptual_example import random_trunk
 
 from vgg_flax import create_model
+from vgg_flax.parity.piq_dists import offline_piq_dists
 from vgg_flax.parity.torchvision import float32_precision
 from vgg_flax.perceptual import dists_weights, lpips_heads
 from vgg_flax.perceptual.dists import DISTS, load_dists
@@ -44,13 +43,7 @@ def _setup():
     with mock.patch.object(DISTS_pt.models, "vgg16", lambda *a, **k: copy.deepcopy(trunk)):
         authors = DISTS_pt.DISTS(load_weights=False)
     authors.alpha.data, authors.beta.data = weights["alpha"], weights["beta"]
-    total = weights["alpha"].sum() + weights["beta"].sum()
-    summed_to_one = {key: value / total for key, value in weights.items()}
-    with (
-        mock.patch.object(piq.perceptual, "vgg16", lambda *a, **k: copy.deepcopy(trunk)),
-        mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: summed_to_one),
-    ):
-        piq_dists = piq.DISTS(reduction="none")
+    piq_dists = offline_piq_dists(trunk)
     state = {key: value.numpy() for key, value in trunk.state_dict().items()}
     metric = load_dists(trunk=tuple(load(state, "vgg16", head="drop")[:2]))
     return authors, piq_dists, metric
