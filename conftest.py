@@ -174,6 +174,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _free_disk_after_each_file(request, tmp_path_factory):
+    """After each test file that passed, delete the folders its module fixtures made.
+
+    Full-width checkpoints are half a gigabyte each; kept to the session's end they add up to
+    more than a CI disk holds. The session-wide digits run is kept, and so is everything of a
+    file with a failure, to look at.
+    """
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for path in set(base.iterdir()) - before:
+        if path.is_dir() and not path.name.startswith("digits_run"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _free_memory_after_each_file():
     """After each test file, drop JAX's compiled programs and traces and collect garbage.
 
