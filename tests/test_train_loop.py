@@ -179,6 +179,29 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
 
 
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_steps_saved_without_momentum_are_smaller_and_resume_with_it_at_zero(tmp_path, capsys):
+    # checkpoint.optimizer_state=False: the kept steps lose SGD's momentum, not the schedule.
+    overrides = {"checkpoint.optimizer_state": False, "eval_every_steps": 100}
+    trainer.train(small_config({**overrides, "total_steps": 2}), str(tmp_path))
+    state, meta = final_state(tmp_path)
+    assert meta["step"] == 2 and meta[checkpoint.MOMENTUM_KEY] is False
+    buffers = jax.tree.leaves(state["opt_state"])
+    assert buffers and all(np.ndim(leaf) == 0 for leaf in buffers)  # scalars only
+    assert 2 in [int(leaf) for leaf in buffers]  # the schedule's step count survives
+    step_dir, model_dir = tmp_path / "checkpoints" / "2", tmp_path / "model"
+    assert folder_bytes(step_dir) < 1.2 * folder_bytes(model_dir)  # about the weights alone
+
+    capsys.readouterr()
+    summary = trainer.train(small_config({**overrides, "total_steps": 3}), str(tmp_path))
+    assert summary["step"] == 3
+    said = capsys.readouterr().out
+    assert "resumed from step 2" in said and "saved without momentum: it restarts from zero" in said
+
+
 @pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
 def test_two_hosts_on_loopback_train_one_model(tmp_path):
     with socket.socket() as sock:  # a free port for the coordinator

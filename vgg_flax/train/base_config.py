@@ -68,6 +68,9 @@ def paper_config(
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000
     config.checkpoint.keep = 2
+    # False: step checkpoints without SGD's momentum buffers (a third smaller); a resumed run
+    # restarts momentum from zero, and says so. The final model/ never holds optimiser state.
+    config.checkpoint.optimizer_state = True
 
     config.data = data_fields(source="imagenet2012", scale=scale, scale_range=scale_range)
     return config

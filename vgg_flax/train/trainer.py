@@ -206,12 +206,18 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     if restored is not None:
         state, meta = restored
         train_iter.set_state(meta["data"])
-        _say(f"resumed from step {int(state['step'])} of {manager.directory}")
+        fresh_momentum = not meta.get(checkpoint.MOMENTUM_KEY, True)
+        _say(
+            f"resumed from step {int(state['step'])} of {manager.directory}"
+            + (" (saved without momentum: it restarts from zero)" if fresh_momentum else "")
+        )
     step = int(state["step"])
 
     def save() -> None:
         meta = usage_lib.to_metadata(record, step=step, data=train_iter.get_state())
-        checkpoint.save_training(manager, step, state, meta)
+        checkpoint.save_training(
+            manager, step, state, meta, momentum=config.checkpoint.optimizer_state
+        )
 
     # ----- Steps ----------------------------------------------------------------------------
     train_step = make_train_step(
