@@ -10,10 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 import train_tiny
 
+from vgg_flax.models.arch import count_params
+from vgg_flax.models.vgg import create_model
 from vgg_flax.train import recipe, trainer
+
+TINY = train_tiny.TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE3 = {
@@ -64,12 +69,14 @@ def test_configs_follow_table3_and_the_papers_recipe():
     assert recipe.EPOCHS == 74 and recipe.LR_MAX_DROPS == 3
 
 
-# Local mode at full width is one config's check; the others run it with tiny widths, which is
-# all their differences (scale, jitter, learning rate) need.
+# Local mode at full width is one config's check; three more run it with tiny widths, which is all
+# their differences need: LRN, C's 1x1 convs with scale jitter, E's depth at the fine-tuning rate.
+# The other rows differ from these only in values the first test checks, and build their nets.
 FULL_WIDTH = "a_256"
+RUN_LOCALLY = (FULL_WIDTH, "alrn_256", "c_jitter", "e_384")
 
 
-@pytest.mark.parametrize("name", sorted(TABLE3))
+@pytest.mark.parametrize("name", RUN_LOCALLY)
 def test_local_mode_runs_two_steps(name, tmp_path):
     config = load(name, "local")
     if name != FULL_WIDTH:
@@ -79,6 +86,17 @@ def test_local_mode_runs_two_steps(name, tmp_path):
     assert os.path.isdir(tmp_path / "checkpoints" / "2")
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 2
     shutil.rmtree(tmp_path)  # a full-width checkpoint is 1 GB
+
+
+@pytest.mark.parametrize("name", sorted(set(TABLE3) - set(RUN_LOCALLY)))
+def test_local_mode_of_the_other_rows_builds_their_net(name):
+    config = load(name, "local")
+    assert config.data.source == "digits" and config.total_steps == 2 and not config.init_from
+    model = create_model(config.arch, batch_norm=config.batch_norm, num_classes=10, **TINY)
+    image = jax.ShapeDtypeStruct((1, 32, 32, 3), jax.numpy.float32)  # local mode's digits
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)
+    found = sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
+    assert found == count_params(config.arch, config.batch_norm, 10, **TINY)
 
 
 def test_entry_point_with_overrides(tmp_path):
@@ -93,6 +111,8 @@ def test_entry_point_with_overrides(tmp_path):
             str(tmp_path),
             "--config.total_steps=1",
             "--config.optim.schedule=constant",
+            f"--config.width={TINY['width']}",  # a float and an int beside the nested string
+            f"--config.head_width={TINY['head_width']}",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -101,6 +121,9 @@ def test_entry_point_with_overrides(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "steps 1/1" in out.stdout and "eval: top-1 accuracy" in out.stdout
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["optim"]["schedule"] == "constant" and written["width"] == TINY["width"]
+    assert written["head_width"] == TINY["head_width"]
     with pytest.raises(ValueError, match="unknown optim.schedule 'cosine'"):
         config = load("digits", "local")
         config.optim.schedule = "cosine"
