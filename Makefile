@@ -26,17 +26,19 @@ demo: $(DEMO_STAMP)
 	$(PY) -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
 	@echo "disk used:" && du -sh $(VENV) runs/demo runs/demo/model runs/demo/checkpoints
 
-# Tests run in TEST_WORKERS processes (pytest-xdist); the big-memory ones share one of them.
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file in one of them: its module
+# fixtures (nets, checkpoints, references) are built once. (--dist loadgroup's groups are
+# ignored under pytest 9: xdist 3.8 renames nodes through an attribute pytest 9 no longer reads.)
 TEST_WORKERS ?= 2
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Line coverage of vgg_flax/ over the whole suite, its subprocesses included (.coveragerc).
 coverage: $(TEST_STAMP)
 	rm -f .coverage .coverage.*
-	COVERAGE_SOURCE=$(CURDIR)/vgg_flax COVERAGE_DATA_DIR=$(CURDIR) $(PY) -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	COVERAGE_SOURCE=$(CURDIR)/vgg_flax COVERAGE_DATA_DIR=$(CURDIR) $(PY) -m coverage run -m pytest -n $(TEST_WORKERS) --dist loadfile
 	$(PY) -m coverage combine -q
 	COVERAGE_SOURCE=$(CURDIR)/vgg_flax $(PY) -m coverage report | tail -n 3

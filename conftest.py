@@ -150,20 +150,6 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector):
     return None
 
 
-def _uses_a_module_fixture(item: pytest.Item) -> bool:
-    """Whether `item` uses a module-scoped fixture of its own file (a net, a checkpoint, data).
-
-    Such tests share one pytest-xdist worker, so the fixture is built once, not once per worker.
-    """
-    info = getattr(item, "_fixtureinfo", None)
-    for definitions in info.name2fixturedefs.values() if info else ():
-        definition = definitions[-1]
-        if definition.scope == "module" and definition.baseid == item.parent.nodeid:
-            return True
-    return False
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with the extras it needs; run `big_memory` tests first.
 
@@ -180,11 +166,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             markers.update(PROGRAM_NEEDS.get(os.path.basename(command.split()[0]), ()))
         for marker in sorted(markers - {m.name for m in item.iter_markers()}):
             item.add_marker(marker)
-        if item.get_closest_marker("big_memory"):
-            # Under pytest-xdist (`make test`), one worker runs them all, one after the other.
-            item.add_marker(pytest.mark.xdist_group("big_memory"))
-        elif _uses_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     items.sort(key=lambda item: item.get_closest_marker("big_memory") is None)
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from vgg_flax.parity.training import TrainSetup, compare_training
 
-# A four-device process beside this one: the group runs in one pytest-xdist worker.
+# A four-device process beside this one: run first, while the worker is small (conftest.py).
 pytestmark = pytest.mark.big_memory
 
 LOSS_TOL = 1e-10
