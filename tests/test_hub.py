@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -126,6 +127,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
 
+# The repositories docs/weights.md's example names, served here with narrow nets of theirs.
+DOCS_REPOS = {"timm/vgg16.tv_in1k": "vgg16", "timm/vgg16_bn.tv_in1k": "vgg16_bn"}
+
+
+def _saved_folder(arch: str, folder) -> dict:
+    """The files of a hub repository that vgg_flax.save wrote for a narrow `arch`."""
+    model = vgg_flax.create_model(arch, **NARROW)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    vgg_flax.save(folder, model, variables, format="safetensors", layout="vgg-flax")
+    return {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
+
+
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory):
     config = json.dumps({"architecture": "vgg11", "pretrained_cfg": PRETRAINED_CFG}).encode()
@@ -136,7 +149,11 @@ def repos(tmp_path_factory):
         COMMITS[1]: {"config.json": config, "model.safetensors": new},
         "main": COMMITS[1],
     }
-    return {REPO: files}, {COMMITS[0]: old_params, COMMITS[1]: new_params}
+    served = {REPO: files}
+    for name, arch in DOCS_REPOS.items():
+        saved = _saved_folder(arch, folder / arch)
+        served[name] = {COMMITS[1]: saved, "main": COMMITS[1]}
+    return served, {COMMITS[0]: old_params, COMMITS[1]: new_params}
 
 
 @pytest.fixture
@@ -261,3 +278,17 @@ def test_load_and_pretrained_from_the_hub(server, repos):
     model, variables, usage = vgg_flax.pretrained(REPO, num_classes=3)
     assert model.num_classes == 3 and variables["params"]["fc8"]["bias"].shape == (3,)
     assert usage.architecture["num_classes"] == 3
+
+
+def test_the_docs_hub_example_runs_as_written(server):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    section = page[page.index("## The Hugging Face hub") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert all(f'"{name}' in block or f"hf-hub:{name}" in block for name in DOCS_REPOS)
+    namespace: dict = {}
+    exec(compile(block, "docs/weights.md (The Hugging Face hub)", "exec"), namespace)
+    model, usage = namespace["model"], namespace["usage"]  # the block's last line: vgg16_bn
+    assert model.arch == "D" and model.batch_norm and usage.name == "timm/vgg16_bn.tv_in1k"
+    assert "timm/vgg16.tv_in1k" in {
+        path.split("/resolve/")[0].strip("/") for _, path in server.requests
+    }

@@ -77,7 +77,11 @@ SLOW = (
 # They are compiled and their imports and vgg_flax names checked (test_slow_python_compiles).
 PY_SLOW = (
     (r"imagenet2012", "needs ILSVRC-2012 prepared"),
-    (r"hf-hub:timm/", "downloads timm's weights from the Hugging Face hub (0.5 GB)"),
+    (
+        r"hf-hub:timm/",
+        "downloads timm's weights from the Hugging Face hub (0.5 GB); tests/test_hub.py runs "
+        "docs/weights.md's example as written against a hub server on 127.0.0.1",
+    ),
     (
         r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(|load_dists\(",
         "downloads published weights (torchvision's VGG, 0.5 GB; LPIPS's heads)",
