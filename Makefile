@@ -24,7 +24,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/vgg-flax summary
 	rm -rf runs/demo  # a fresh run each time (restarting with the same workdir would resume)
 	$(PY) -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
-	@echo "disk used:" && du -sh $(VENV) runs/demo runs/demo/model runs/demo/checkpoints
+	@echo "disk used:" && du -sh $(VENV) runs/demo && du -sh runs/demo/model runs/demo/checkpoints
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test file in one of them: its module
 # fixtures (nets, checkpoints, references) are built once. (--dist loadgroup's groups are

@@ -2,8 +2,8 @@
 
 Run:   python -m experiments.train --config experiments/configs/digits.py --workdir runs/demo
 Aims for: at least 95% top-1 accuracy on the 360 test digits within 10 minutes on 2 CPU cores
-(measured by `make demo`, runs/demo/summary.json: 98.6% after 3 epochs, 132 steps; about 8
-minutes on a 2-core CPU, as README.md and docs/training.md say).
+(measured by `make demo`, runs/demo/summary.json: 98.6% after 3 epochs, 132 steps; 3.8 minutes
+of training on a 2-core CPU, as README.md and docs/training.md say).
 Full-width VGG-A with BatchNorm: the paper's recipe (no BatchNorm, N(0, 0.01) init, lr 1e-2,
 plateau drops) needs far more than the 3 epochs this budget allows. So: torchvision's init,
 lr 3e-3 after a 20-step warm-up, divided by 10 after 2 epochs (the "step" schedule; a plateau
