@@ -130,3 +130,47 @@ def test_missing_pair_and_unreadable_image_are_clear_errors_and_keep_scores(
     assert "flower.jpg is 50x40" in capsys.readouterr().err
     assert main([*base, "--metrics", "lpips", "--sizes", "resize", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["complete"]
+
+
+def test_odd_size_heatmap_batches_progress_and_a_crash_keeps_scores(
+    folders, tmp_path, monkeypatch, capsys
+):
+    """One pair a batch: an odd-sized pair's heatmap is its size; a crash mid-run (not bad
+    input) leaves the JSON written after each batch, then marked incomplete with the error."""
+    from vgg_flax.perceptual.similarity import Scorer
+
+    root, trunk = folders
+    rng = np.random.default_rng(1)
+    odd = rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    for folder in ("ref", "dist"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(odd if folder == "ref" else 255 - odd).save(tmp_path / folder / "a.png")
+        for name in ("b.png", "c.png"):
+            (tmp_path / folder / name).write_bytes((root / folder / "china.png").read_bytes())
+    out, real, seen = tmp_path / "out.json", Scorer.__call__, []
+
+    def crashing(self, reference, distorted):
+        if len(seen) == 2:  # the third batch: what the first two wrote is on disk
+            seen.append(json.loads(out.read_text()))
+            raise RuntimeError("boom")
+        seen.append(None)
+        return real(self, reference, distorted)
+
+    monkeypatch.setattr(Scorer, "__call__", crashing)
+    argv = ["similarity", str(tmp_path / "ref"), str(tmp_path / "dist"), "--trunk", trunk]
+    argv += ["--metrics", "lpips", "--batch-size", "1", "--json", str(out), "--write", "each"]
+    with pytest.raises(RuntimeError, match="boom"):
+        main([*argv, "--heatmaps", str(tmp_path / "maps")])
+    assert "2/3" in capsys.readouterr().err  # the progress bar stopped at the crash
+    during, after = seen[2], json.loads(out.read_text())
+    assert [p["name"] for p in during["pairs"]] == ["a.png", "b.png"] and not during["complete"]
+    assert [p["name"] for p in after["pairs"]] == ["a.png", "b.png"] and not after["complete"]
+    assert "RuntimeError" in after["error"] and "boom" in after["error"]
+    ref, dist = (_read(tmp_path / folder / "a.png")[None] for folder in ("ref", "dist"))
+    metric = load_lpips("0.1", trunk=vgg_flax.load(trunk))
+    np.testing.assert_allclose(
+        after["pairs"][0]["lpips"], metric(ref, dist, normalize=True)[0], rtol=1e-6
+    )
+    png = np.asarray(Image.open(tmp_path / "maps" / "a.png"), int)
+    expected = heatmap_image(metric(ref, dist, spatial=True, normalize=True)[0]).astype(int)
+    assert png.shape == (45, 67, 3) and np.abs(png - expected).max() <= 1

@@ -8,8 +8,9 @@ size than its reference is refused, or with `--sizes resize` resized to it. `--h
 writes each pair's spatial LPIPS map, of the input's size, as DIR/<relative path>.png.
 
 An unreadable image stops the run with an error naming it; the pairs scored before it are kept:
-the JSON/CSV files are written at the end, also after such an error (`--write end`), or rewritten
-after every batch (`--write each`, for long runs), and say whether the run completed.
+the JSON/CSV files are written at the end, also after such an error or any other stop (`--write
+end`), or rewritten after every batch (`--write each`, for long runs), and say whether the run
+completed.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 flush()
         if batch:
             flush()
-    except ValueError as failure:
-        error = str(failure)
+    except BaseException as failure:  # any stop (a bad file, a crash, Ctrl-C) is recorded
+        error = str(failure) if isinstance(failure, ValueError) else repr(failure)
         raise
     finally:
         progress.close()
