@@ -5,7 +5,9 @@ The server answers huggingface_hub's requests as the hub does (`/{repo}/resolve/
 X-Error-Code of a missing repository, revision or file), from repositories made here: a narrow
 VGG in a model.safetensors and a timm config.json. Checked: download, cache reuse, revision
 pinning, offline mode, a corrupted file refused, a stalled server bounded by the timeout, and
-`vgg_flax.load("hf-hub:...")` / `vgg_flax.pretrained(...)` end to end with timm's preprocessing.
+`vgg_flax.load("hf-hub:...")` / `vgg_flax.pretrained(...)` end to end with timm's preprocessing,
+`vgg_flax.nnx.create_model(..., pretrained=...)` against them, and the hub examples of
+docs/weights.md and docs/nnx.md as written.
 """
 
 import hashlib
@@ -280,15 +282,63 @@ def test_load_and_pretrained_from_the_hub(server, repos):
     assert usage.architecture["num_classes"] == 3
 
 
-def test_the_docs_hub_example_runs_as_written(server):
-    page = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
-    section = page[page.index("## The Hugging Face hub") :]
+def test_nnx_create_model_with_hub_weights(server):
+    """vgg_flax.nnx.create_model(..., pretrained=...) is vgg_flax.pretrained's net, in NNX."""
+    from flax import nnx
+
+    import vgg_flax.nnx
+
+    name = "timm/vgg16_bn.tv_in1k"
+    images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    for classes, seed in ((None, 0), (3, 7)):  # the weights' head; a fresh one from "params"
+        model = vgg_flax.nnx.create_model(
+            "vgg16_bn", pretrained=name, num_classes=classes, rngs=nnx.Rngs(params=seed)
+        )
+        key = nnx.Rngs(params=seed).params()
+        linen, variables, _ = vgg_flax.pretrained(name, num_classes=classes, key=key)
+        assert model.linen == linen and model.fc8["bias"].shape == (classes or 5,)
+        np.testing.assert_array_equal(model(images), linen.apply(variables, images))
+    # A path (here the cached snapshot) is vgg_flax.load's; no arch: the weights fix it.
+    folder = hub.fetch("timm/vgg16.tv_in1k").folder
+    model = vgg_flax.nnx.create_model(pretrained=folder, rngs=nnx.Rngs(0))
+    linen, variables, _ = vgg_flax.load(folder)
+    assert model.linen == linen
+    np.testing.assert_array_equal(model(images), linen.apply(variables, images))
+    with pytest.raises(ValueError, match=r"holds VGG D \(batch_norm=True\), not 'vgg16'.*"
+                       r"pass arch='vgg16_bn'"):  # fmt: skip
+        vgg_flax.nnx.create_model("vgg16", pretrained=name, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="width cannot be set with pretrained weights"):
+        vgg_flax.nnx.create_model(pretrained=folder, width=0.5, rngs=nnx.Rngs(0))
+
+
+def _check_weights_page(ns: dict) -> None:
+    model, usage = ns["model"], ns["usage"]  # the pretrained line: vgg16_bn
+    assert model.arch == "D" and model.batch_norm and usage.name == "timm/vgg16_bn.tv_in1k"
+    assert ns["nnx_model"].linen == model
+
+
+def _check_nnx_page(ns: dict) -> None:
+    model, usage = ns["model"], ns["usage"]  # the load line: vgg16
+    assert model.linen.arch == "D" and not model.linen.batch_norm
+    assert usage.name == "timm/vgg16.tv_in1k"
+
+
+# (page, heading of its section) -> what its first Python block there must leave.
+DOCS_EXAMPLES = {
+    ("weights.md", "## The Hugging Face hub"): _check_weights_page,
+    ("nnx.md", "## Pretrained and saved weights"): _check_nnx_page,
+}
+
+
+@pytest.mark.parametrize("page, heading", DOCS_EXAMPLES, ids=[p for p, _ in DOCS_EXAMPLES])
+def test_the_docs_hub_examples_run_as_written(server, page, heading):
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text()
+    section = text[text.index(heading) :]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert all(f'"{name}' in block or f"hf-hub:{name}" in block for name in DOCS_REPOS)
     namespace: dict = {}
-    exec(compile(block, "docs/weights.md (The Hugging Face hub)", "exec"), namespace)
-    model, usage = namespace["model"], namespace["usage"]  # the block's last line: vgg16_bn
-    assert model.arch == "D" and model.batch_norm and usage.name == "timm/vgg16_bn.tv_in1k"
+    exec(compile(block, f"docs/{page} ({heading[3:]})", "exec"), namespace)
+    DOCS_EXAMPLES[page, heading](namespace)
     assert "timm/vgg16.tv_in1k" in {
         path.split("/resolve/")[0].strip("/") for _, path in server.requests
     }

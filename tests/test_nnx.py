@@ -225,6 +225,26 @@ def test_saved_and_pretrained_weights_load_as_nnx(tmp_path, monkeypatch):
     model, _ = vnnx.pretrained("vgg11_bn", num_classes=5, key=1)
     assert seen == {"name": "vgg11_bn", "num_classes": 5, "key": 1}
     np.testing.assert_allclose(model(x), linen.apply(variables, x), **TOL)
+    # create_model(pretrained=True): the arch's torchvision weights through vgg_flax.pretrained,
+    # a fresh fc8 (if any) drawn from the "params" stream. (The hub: tests/test_hub.py.)
+    seen.clear()
+    model = vnnx.create_model("A", batch_norm=True, pretrained=True, rngs=nnx.Rngs(params=2))
+    assert seen == {
+        "name": "vgg11_bn", "num_classes": None, "key": nnx.Rngs(params=2).params(),
+        "batch_norm": True,
+    }  # fmt: skip
+    np.testing.assert_allclose(model(x), linen.apply(variables, x), **TOL)
+    # A path: vgg_flax.load's; another num_classes gets a fresh fc8, the rest are the file's.
+    model = vnnx.create_model(pretrained=tmp_path / "net", num_classes=3, rngs=nnx.Rngs(0))
+    fresh = vnnx.to_linen(model)[1]["params"]
+    assert fresh["fc8"]["kernel"].shape == (1, 1, 16, 3) and model.linen.num_classes == 3
+    assert np.array_equal(fresh["fc7"]["kernel"], variables["params"]["fc7"]["kernel"])
+    with pytest.raises(ValueError, match=r"holds VGG A \(batch_norm=True\), not 'vgg11'"):
+        vnnx.create_model("vgg11", pretrained=tmp_path / "net", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="a layer list has none"):
+        vnnx.create_model([8, "M"] * 5, pretrained=True, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="pretrained must be True, a weights name"):
+        vnnx.create_model("A", pretrained=1, rngs=nnx.Rngs(0))
 
 
 def test_bad_input_is_refused_with_the_fix():
@@ -237,6 +257,9 @@ def test_bad_input_is_refused_with_the_fix():
         vnnx.from_linen(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), variables)
     with pytest.raises(ValueError, match="'params' collection"):
         vnnx.from_linen(linen, variables["params"])
+    # The Linen factory builds modules only; its refusal names the NNX factory's pretrained=.
+    with pytest.raises(ValueError, match=r"vgg_flax.nnx.create_model\('vgg11', pretrained=True"):
+        create_model("vgg11", pretrained=True)
 
 
 def test_training_step_on_four_devices_equals_one_device(tmp_path):

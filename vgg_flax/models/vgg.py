@@ -281,7 +281,9 @@ def create_model(
             "create_model builds a module only and takes no pretrained=; for pretrained weights "
             f"use vgg_flax.pretrained({arch!r}, num_classes={num_classes}), or a hub repository "
             "as vgg_flax.pretrained('timm/vgg16_bn.tv_in1k') (it returns (model, variables, "
-            "usage))"
+            "usage)); or in Flax NNX, where a module holds its weights, "
+            f"vgg_flax.nnx.create_model({arch!r}, pretrained={pretrained!r}, "
+            f"num_classes={num_classes}, rngs=nnx.Rngs(0))"
         )
     if isinstance(arch, str):
         arch, named_bn = arch_lib.resolve(arch)

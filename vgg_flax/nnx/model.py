@@ -143,21 +143,41 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def create_model(
-    arch: str | Sequence[int | str] = "D",
+    arch: str | Sequence[int | str] | None = None,
     *,
     rngs: nnx.Rngs,
     batch_norm: bool = False,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
+    pretrained: Any = None,
     **options: Any,
 ) -> VGG:
-    """A freshly initialised NNX VGG; the arguments are `vgg_flax.create_model`'s plus `rngs`.
+    """An NNX VGG, freshly initialised or with pretrained weights (in NNX a module holds them).
 
-    The parameters come from the "params" stream of `rngs` (or its "default" one) and are the
-    Linen initialisation's for that key: `vgg_flax.train.init.init_variables(linen, key, 32)`.
-    The model keeps `rngs` (forked) for dropout. E.g.
-    `create_model("A", width=0.125, head_width=32, rngs=nnx.Rngs(0))` is a narrow VGG-A.
+    The arguments are `vgg_flax.create_model`'s plus `rngs` (and `arch` defaults to "D",
+    `num_classes` to 1000). Fresh parameters come from the "params" stream of `rngs` (or its
+    "default" one) and are the Linen initialisation's for that key:
+    `vgg_flax.train.init.init_variables(linen, key, 32)`. The model keeps `rngs` (forked) for
+    dropout. E.g. `create_model("A", width=0.125, head_width=32, rngs=nnx.Rngs(0))` is a narrow
+    VGG-A.
+
+    `pretrained` loads weights, as `vgg_flax.nnx.pretrained` does: True picks torchvision's
+    ImageNet weights of `arch`; a name of `vgg_flax.list_pretrained()` or a hub repository
+    ("timm/vgg16_bn.tv_in1k") is `vgg_flax.pretrained`'s; a path (a file or folder) is
+    `vgg_flax.load`'s. The weights fix the architecture (`arch`, if given, and `batch_norm` are
+    checked against them; width and head_width cannot be set) and `num_classes` defaults to
+    theirs; another `num_classes` replaces fc8 by a fresh layer drawn from the "params" stream.
+    For the weights' usage record as well, use `vgg_flax.nnx.pretrained` or `vgg_flax.nnx.load`.
     """
-    model = linen_vgg.create_model(arch, batch_norm=batch_norm, num_classes=num_classes, **options)
+    if pretrained is not None and pretrained is not False:
+        from vgg_flax.nnx.loading import create_pretrained
+
+        return create_pretrained(
+            arch, pretrained, rngs=rngs, batch_norm=batch_norm, num_classes=num_classes, **options
+        )
+    num_classes = 1000 if num_classes is None else num_classes
+    model = linen_vgg.create_model(
+        "D" if arch is None else arch, batch_norm=batch_norm, num_classes=num_classes, **options
+    )
     variables = init_variables(model, rngs.params(), arch_lib.MIN_CLASSIFY_SIZE)
     return VGG(model, variables, rngs=rngs)
 
