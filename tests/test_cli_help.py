@@ -1,15 +1,21 @@
-"""`vgg-flax --help` and every subcommand's --help stay fast: heavy imports wait for a run.
+"""`vgg-flax --help` and every subcommand's --help: fast, light, and each default said once.
 
 One fresh process renders every help text; its CPU time (not wall time, which a busy machine
 inflates) must stay under the 3 s the issue asks for, and torch and TensorFlow must not load.
+The texts themselves: no option states its default twice ("(default: read from the file)
+(default: None)"), and the options of these modules' subcommands all say what they do. A typo
+or an abbreviation of an option is refused with the subcommand's own usage (issue 27).
 """
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
 
 import pytest
+
+from vgg_flax.cli import HelpFormatter, build_parser
 
 SCRIPT = """
 import json, sys
@@ -44,3 +50,68 @@ def test_predict_help_lists_its_options(capsys):
     assert exit.value.code == 0
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--weights", "--protocol", "--json"))
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Every `vgg-flax` subcommand's parser, by name."""
+    (action,) = build_parser()._subparsers._group_actions
+    return dict(action.choices)
+
+
+def option_helps(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each argument's help as --help prints it (defaults expanded), by its first name."""
+    formatter = HelpFormatter(parser.prog)
+    return {
+        (action.option_strings or [action.dest])[0]: formatter._expand_help(action)
+        for action in parser._actions
+        if action.help is not argparse.SUPPRESS and action.dest != "help"
+    }
+
+
+def test_no_option_states_its_default_twice():
+    for name, parser in subcommands().items():
+        for option, text in option_helps(parser).items():
+            assert text.lower().count("default") <= 1, (name, option, text)
+            assert "(default: None)" not in text and "(default: False)" not in text
+
+
+# The subcommands whose every option must say what it does (features, probe and similarity
+# belong to tests of their own).
+DOCUMENTED = "summary convert parity prepare-data predict export train evaluate reproduce".split()
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_every_option_has_help(name):
+    helps = option_helps(subcommands()[name])
+    assert helps and all(text.strip() for text in helps.values()), helps
+
+
+def test_a_default_of_zero_is_shown():
+    helps = option_helps(subcommands()["parity"])
+    assert helps["--train-steps"].endswith("(default: 0)")  # 0 == False, yet not unset
+
+
+@pytest.mark.parametrize(
+    "argv, usage, said",
+    [
+        (["predict", "a.jpg", "--weight", "vgg11"], "vgg-flax predict", "did you mean --weights?"),
+        (["predict", "a.jpg", "--wieghts", "x"], "vgg-flax predict", "did you mean --weights?"),
+        (["summary", "--num-class", "10"], "vgg-flax summary", "did you mean --num-classes?"),
+        (
+            ["evaluate", "--checkpoint", "m", "--protocl", "center"],
+            "vgg-flax evaluate",
+            "--protocol",
+        ),
+        (["train", "--config", "digits", "--work", "w"], "vgg-flax train", "--workdir"),
+    ],
+)
+def test_typos_and_abbreviations_get_the_subcommands_usage(argv, usage, said, capsys):
+    from vgg_flax.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} ") and "Traceback" not in err
+    [message] = [line for line in err.splitlines() if ": error: " in line]
+    assert message.startswith(f"{usage}: error: ") and said in message

@@ -3,11 +3,13 @@
 Each script runs in a fresh process, as a module (`python -m experiments.X`) and as a file from
 the repository root (`python experiments/X.py`); --help must exit 0 within 3 s, and a second
 process checks that answering it imported neither JAX nor TensorFlow (the import is what costs).
+No option's help states its default twice ("(default: ...)" after a help that says it).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("evaluate", "reproduce_tables", "dataset_stats", "train")
+SCRIPTS = ("evaluate", "reproduce_tables", "dataset_stats", "train", "compare")
 HEAVY = ("jax", "tensorflow", "torch")
 
 # Runs a script's --help as `python -m` would and prints which heavy modules got imported.
@@ -47,6 +49,9 @@ def test_help_is_fast_as_module_and_as_file(script):
         assert done.returncode == 0, done.stderr[-2000:]
         assert "usage" in done.stdout.lower() or "--config" in done.stdout, done.stdout[:500]
         assert seconds < 3, f"{' '.join(args)} took {seconds:.1f} s"
+        for option in re.split(r"\n(?=  -)", done.stdout.partition("\noptions:")[2]):
+            assert option.lower().count("default") <= 1, option
+            assert "(default: None)" not in " ".join(option.split()), option
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

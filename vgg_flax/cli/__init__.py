@@ -133,7 +133,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
-        if action.default in (None, False) or "default" in help.lower():
+        unset = action.default is None or action.default is False  # not 0, which == False
+        if unset or "default" in help.lower():
             return help
         return super()._get_help_string(action)
 

@@ -4,7 +4,7 @@ subcommands, wherever vgg-flax runs from.
 pyproject.toml installs the checkout's top-level experiments/ as the package
 `vgg_flax.experiments` (package-dir), so a wheel has vgg_flax/experiments/ and an editable
 install maps the name to the checkout's folder. A checkout used straight from its folder
-(PYTHONPATH, or `python -m vgg_flax.cli` in it) has no such package: this module registers the
+(its root on PYTHONPATH, no install) has no such package: this module registers the
 checkout's experiments/ under that name, as the install would. Located beside the imported
 vgg_flax (never by searching sys.path), so another project's `experiments` is never picked up.
 """

@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_subcommand(
         subparsers, "parity", "compare vgg-flax with torchvision layer by layer", __doc__
     )
-    parser.add_argument("arch", choices=list(TORCHVISION_ARCHS))
+    parser.add_argument("arch", choices=list(TORCHVISION_ARCHS), help="torchvision's network")
     parser.add_argument("--pth", help="weights to compare (default: seeded random weights)")
     parser.add_argument(
         "--keras",
@@ -59,9 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "H5: seeded random weights); BGR mean-subtracted inputs (vgg_flax.parity.keras)",
     )
     parser.add_argument("--images", help="folder of images (default: random inputs)")
-    parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"), help="input size"
+    )
     parser.add_argument("--batch", type=int, default=2, help="random inputs per run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--grad", action="store_true", help="compare loss gradients too")
     parser.add_argument(
         "--grad-dtype",

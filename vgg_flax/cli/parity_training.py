@@ -25,15 +25,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N steps on both sides and compare every step (batch: --batch, size: --size)",
     )
-    group.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    group.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="both sides' precision"
+    )
     group.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="base learning rate")
-    group.add_argument("--momentum", type=float, default=recipe.MOMENTUM)
-    group.add_argument("--weight-decay", type=float, default=recipe.WEIGHT_DECAY)
-    group.add_argument("--l2-mask", choices=recipe.L2_MASKS, default="all")
-    group.add_argument("--schedule", choices=recipe.SCHEDULES, default="step")
-    group.add_argument("--lr-factor", type=float, default=recipe.LR_FACTOR)
-    group.add_argument("--step-every", type=int, default=DEFAULTS["step_every"], metavar="STEPS")
-    group.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
+    group.add_argument("--momentum", type=float, default=recipe.MOMENTUM, help="SGD momentum")
+    group.add_argument(
+        "--weight-decay", type=float, default=recipe.WEIGHT_DECAY, help="L2 weight decay"
+    )
+    group.add_argument(
+        "--l2-mask", choices=recipe.L2_MASKS, default="all", help="the parameters L2 decays"
+    )
+    group.add_argument(
+        "--schedule", choices=recipe.SCHEDULES, default="step", help="learning-rate schedule"
+    )
+    group.add_argument(
+        "--lr-factor", type=float, default=recipe.LR_FACTOR, help="a drop's factor on the rate"
+    )
+    group.add_argument(
+        "--step-every",
+        type=int,
+        default=DEFAULTS["step_every"],
+        metavar="STEPS",
+        help="steps between the step schedule's drops",
+    )
+    group.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=DEFAULTS["warmup_steps"],
+        help="linear warm-up steps",
+    )
     group.add_argument(
         "--evaluation",
         action="append",
