@@ -4,9 +4,11 @@ Descriptors of a narrow random VGG-A on crops of scikit-learn's photos are check
 recipe computed here from the trunk's pool5 with `lax` convolutions (fc6 a 7x7 conv, fc7 1x1),
 spatial mean, flip average, scale average / stack and L2 norm; and on 4 simulated devices
 (the `vgg-flax features` command in a subprocess) against one. The probe and fine-tuning run on
-the digits (rendered at 32x32 as the demo does) with the suite's short digits run
-(`digits_run`, ~75% accuracy, narrow); the issue's 95% / 90% figures on the demo's full-width
-model are measured by the commands of docs/transfer.md.
+the digits (rendered at 32x32 as the demo does) with a stand-in for the demo's trained model:
+the demo's config (experiments/configs/digits.py) at the tests' narrow widths (train_tiny.TINY,
+a 32-wide head), trained 440 steps (~98% top-1; `demo_net`). The issue's 95% (probe) and 90%
+(fine-tuning) are asserted on it; docs/transfer.md shows the same commands on the full-width
+model `make demo` trains.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 import train_tiny
 from PIL import Image
+from train_runner import small_config
 
 from vgg_flax import save
 from vgg_flax.cli import main
@@ -140,7 +143,7 @@ def test_features_command_on_four_devices_equals_one(photos, one_device, tmp_pat
     np.testing.assert_allclose(four.features, one_device[0].features, atol=1e-6)
 
 
-def test_an_interrupted_extraction_resumes_from_its_cache(photos, monkeypatch, tmp_path):
+def test_an_interrupted_extraction_resumes_from_its_cache(photos, monkeypatch, tmp_path, capsys):
     _, loaded, files = photos
     from vgg_flax.inference import prediction
 
@@ -158,8 +161,10 @@ def test_an_interrupted_extraction_resumes_from_its_cache(photos, monkeypatch, t
     with pytest.raises(KeyboardInterrupt):
         desc.descriptors(loaded, files, **options)
     monkeypatch.setattr(prediction, "load_views", real)
-    resumed = desc.descriptors(loaded, files, **options)
+    capsys.readouterr()
+    resumed = desc.descriptors(loaded, files, **options, progress=True)
     assert resumed.computed == len(files) - 2  # the two finished files were not redone
+    assert f"{len(files)}/{len(files)}" in capsys.readouterr().err  # the bar, cached ones too
     for row, file in enumerate(files):
         np.testing.assert_allclose(
             resumed.features[row], recipe(loaded, file, (224,))[0], atol=1e-6
@@ -191,7 +196,53 @@ def test_bad_inputs_are_clear_errors(photos, tmp_path):
         probe.probe(train, np.zeros(20))
 
 
+def test_fine_tuning_refuses_a_bad_image_folder(tmp_path):
+    from experiments.configs import finetune as finetune_config
+    from vgg_flax.transfer import finetune
+
+    config = finetune_config.get_config()  # init_from: vgg16 (read from the registry)
+    config.data.folder = str(tmp_path)
+    for split in ("train", "val"):
+        (tmp_path / split / "cats").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cats" / "a.png")
+    with pytest.raises(ValueError, match="train: an image .* one class \\('cats'\\)"):
+        finetune.complete(config)
+    for split in ("train", "val"):
+        (tmp_path / split / "dogs").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "dogs" / "b.png")
+    assert finetune.complete(config).arch == "D"  # vgg16's record, without a download
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "dogs" / "c.bmp")  # the trainer skips it
+    with pytest.raises(ValueError, match="val/dogs/c.bmp is not an image file \\(.jpg, .jpeg"):
+        finetune.complete(config)
+
+
 PERMUTED = [(digit * 3 + 1) % 10 for digit in range(10)]  # a new 10-class task
+# The demo's config at narrow widths, 10 epochs of 44 steps, the rate divided by 10 after 7:
+# ~98% top-1 on the 360 test digits (the full-width demo: 98.6%).
+DEMO_RUN = {
+    "batch_size": 32,
+    "total_steps": 440,
+    "eval_every_steps": 440,
+    "eval_batches": 0,
+    "eval_batch_size": 120,
+    "checkpoint.every_steps": 440,
+    "log_every_steps": 110,
+    "dropout": 0.0,
+    "optim.learning_rate": 0.02,
+    "optim.warmup_steps": 10,
+    "optim.step_epochs": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def demo_net(tmp_path_factory) -> Path:
+    """The model/ folder of the demo's config trained at narrow widths (see DEMO_RUN)."""
+    from vgg_flax.train import trainer
+
+    workdir = tmp_path_factory.mktemp("demo_net")
+    summary = trainer.train(small_config(DEMO_RUN), str(workdir))
+    assert summary["eval"]["accuracy"] >= 0.95, summary["eval"]  # a stand-in for the demo's
+    return workdir / "model"
 
 
 @pytest.fixture(scope="module")
@@ -202,44 +253,74 @@ def digits(tmp_path_factory) -> Path:
     return root
 
 
-def test_probe_on_descriptors_of_the_trained_digits_net(digits_run, digits, tmp_path, capsys):
-    workdir, _ = digits_run
+def test_probe_on_descriptors_of_the_trained_digits_net(demo_net, digits, tmp_path, capsys):
     feats = {}
     for split, folder in (("train", "train"), ("test", "val")):
         feats[split] = tmp_path / f"{split}.npz"
-        args = ["features", str(digits / folder), "--weights", str(workdir / "model")]
-        args += ["--scales", "32", "--batch-size", "256"]  # the net's own size: one shape
+        args = ["features", str(digits / folder), "--weights", str(demo_net)]
+        # The net's own size (one shape); no flips: a mirrored digit is another symbol.
+        args += ["--scales", "32", "--no-flips", "--batch-size", "256"]
         assert main([*args, "--out", str(feats[split])]) == 0
+    train, test = (desc.Descriptors.load(feats[split]) for split in ("train", "test"))
+    assert train.class_names == tuple(f"c{k}" for k in range(10))
+    assert len(train.files) == len(train.labels) == 1437 and train.files[0].endswith(".png")
+    assert train.recipe["scales"] == [32] and train.recipe["flips"] is False
     capsys.readouterr()
-    args = ["probe", str(feats["train"]), "--test", str(feats["test"]), "--Cs", "1", "100"]
-    assert main([*args, "--json"]) == 0
+    assert main(["probe", str(feats["train"]), "--test", str(feats["test"]), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["test_examples"] == 360 and result["train_examples"] == 1437
-    # The short run's narrow net (~75% itself, 32-D relu7) gives ~68%; the demo's net >= 95%
-    # (docs/transfer.md).
-    assert result["metrics"]["top1"] >= 0.6, result
-    assert set(result["validation"]) == {"1.0", "100.0"}  # C chosen on a held-out 20%
-    train = desc.Descriptors.load(feats["train"])
-    logistic = probe.probe(train.features, train.labels, classifier="logistic", C=10.0)
-    assert logistic.metrics["mean_class_recall"] >= 0.7 and not logistic.validation
+    assert result["metrics"]["top1"] >= 0.95 and result["metrics"]["mean_class_recall"] >= 0.95
+    assert set(result["validation"]) == {str(c) for c in probe.DEFAULT_CS}  # C chosen on 20%
+    # The table: the same probe with that C given.
+    args = ["probe", str(feats["train"]), "--test", str(feats["test"]), "--C", str(result["C"])]
+    assert main(args) == 0
+    rows = dict(line.rsplit("  ", 1) for line in capsys.readouterr().out.splitlines())
+    rows = {name.strip(): value.strip() for name, value in rows.items()}
+    assert rows["C"] == f"{result['C']:g}" and "held-out score, C=1" not in rows
+    assert rows["top1"] == f"{result['metrics']['top1']:.2%}"
+    logistic = probe.probe(
+        train.features, train.labels, test.features, test.labels, classifier="logistic", C=10.0
+    )
+    assert logistic.metrics["top1"] >= 0.9 and not logistic.validation
+
+    # Multi-label (N x K 0/1, as VOC): three attributes of the class, mAP through the command.
+    def attributes(labels):
+        return np.stack([labels < 5, labels % 2 == 0, labels % 3 == 0], axis=1).astype(np.int32)
+
+    for split, found in (("train", train), ("test", test)):
+        multi = desc.Descriptors(found.features, found.files, attributes(found.labels), None, {})
+        multi.save(tmp_path / f"multi_{split}.npz")
+    args = ["probe", str(tmp_path / "multi_train.npz"), "--test", str(tmp_path / "multi_test.npz")]
+    assert main([*args, "--json"]) == 0
+    multi_result = json.loads(capsys.readouterr().out)
+    assert set(multi_result["metrics"]) == {"mAP"} and multi_result["metrics"]["mAP"] >= 0.9
+    shuffled = np.random.default_rng(0).permutation(attributes(train.labels))
+    chance = probe.probe(train.features, shuffled, test.features, attributes(test.labels), C=1.0)
+    assert chance.metrics["mAP"] < 0.7  # the measure falls without the labels' information
+    # Default scales: the paper's 256, 384, 512 in proportion to the net's 32.
+    few = desc.descriptors(str(demo_net), [str(f) for f in test.files[:4]])
+    assert few.recipe["scales"] == [37, 55, 73] and few.features.shape == (4, 32)
+    assert desc.default_scales(224) == desc.PAPER_SCALES == (256, 384, 512)
 
 
-def test_fine_tuning_with_a_frozen_trunk(digits_run, digits, tmp_path):
+def test_fine_tuning_with_a_frozen_trunk(demo_net, digits, tmp_path):
     from experiments.configs import finetune
     from vgg_flax.train import trainer
 
-    workdir, _ = digits_run
     config = finetune.get_config()
-    config.init_from = str(workdir / "model")
+    config.init_from = str(demo_net)
     config.data.folder = str(digits)
     config.data.flip = False  # a flipped digit is another symbol
-    config.update(batch_size=32, eval_batch_size=120, total_steps=120, dropout=0.0)
-    config.update(eval_every_steps=120, log_every_steps=40)
+    config.update(batch_size=32, eval_batch_size=120, total_steps=60, dropout=0.0)
+    config.update(eval_every_steps=60, log_every_steps=20)
     config.optim.learning_rate = 0.02
-    config.checkpoint.every_steps = 120
+    config.checkpoint.every_steps = 60
     summary = trainer.train(config, str(tmp_path / "run"))
-    before, after = load(workdir / "model"), load(tmp_path / "run" / "model")
+    before, after = load(demo_net), load(tmp_path / "run" / "model")
+    # The record's architecture and inputs (the config's own: full-width A, the paper's 224).
     assert after.usage.preprocessing == before.usage.preprocessing
+    assert after.usage.architecture == before.usage.architecture
+    assert after.usage.class_names == tuple(f"c{k}" for k in range(10))
     frozen = freezing.frozen_layers(before.variables["params"], "pool5")
     assert frozen and all(name.startswith(("conv", "bn")) for name in frozen)
     for collection in ("params", "batch_stats"):
@@ -253,9 +334,7 @@ def test_fine_tuning_with_a_frozen_trunk(digits_run, digits, tmp_path):
         before.variables["params"]["fc7"]["kernel"] != after.variables["params"]["fc7"]["kernel"]
     )
     assert np.any(changed)
-    # The short run's narrow net (~75%) reaches ~66% on the new task in 120 steps; the demo's
-    # net >= 90% (docs/transfer.md).
-    assert summary["eval"]["accuracy"] >= 0.55, summary["eval"]
+    assert summary["eval"]["accuracy"] >= 0.90, summary["eval"]  # the new task, 60 steps
 
 
 def test_layer_rates_scale_and_freeze_updates():
@@ -279,3 +358,43 @@ def test_layer_rates_scale_and_freeze_updates():
     assert not jax.tree.leaves(state[0].inner_state.trace["conv1_1"])  # no momentum kept
     for name, factor in rates.items():
         np.testing.assert_allclose(updates[name]["kernel"], -0.1 * factor, rtol=1e-6)
+
+
+def test_the_configs_layer_rates_and_batch_norm_statistics():
+    from experiments.configs import finetune as finetune_config
+    from vgg_flax.parallel import make_mesh, to_global
+    from vgg_flax.train import optim
+    from vgg_flax.train.step import create_state, make_train_step
+    from vgg_flax.transfer import finetune
+
+    model = create_model("A", batch_norm=True, num_classes=10, **train_tiny.TINY)
+    variables = init_variables(model, jax.random.key(0), 32)
+    config = finetune_config.get_config()
+    config.update(freeze="", layer_rates="conv*=0.1, fc6=0.5")
+    rates = finetune.layer_rates(config, variables["params"])
+    assert rates["conv1_1"] == 0.1 and rates["bn1_1"] == 1.0 and rates["fc6"] == 0.5
+    assert finetune.frozen_batch_norms(config, rates) == ()  # nothing frozen
+    config.update(layer_rates="conv*0.1")
+    with pytest.raises(ValueError, match="'conv\\*0.1' is not PATTERN=FACTOR"):
+        finetune.layer_rates(config, variables["params"])
+    config.update(freeze="pool5", layer_rates="")
+    rates = finetune.layer_rates(config, variables["params"])
+    assert finetune.frozen_batch_norms(config, rates) == tuple(f for f in rates if "bn" in f)
+    # bn_stats="update": the frozen trunk's BatchNorm statistics move (its parameters do not).
+    config.bn_stats = "update"
+    assert finetune.frozen_batch_norms(config, rates) == ()
+    mesh = make_mesh()
+    tx = optim.make_optimizer(lambda step: 0.01, momentum=0.9, layer_rates=rates)
+    state = create_state(variables, jax.random.key(1), mesh, tx)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32)}
+    batch["label"] = rng.integers(0, 10, size=8).astype(np.int32)
+    step = make_train_step(model, mesh, tx, weight_decay=5e-4, l2_mask="kernels", frozen_bn=())
+    before = jax.device_get({key: state[key] for key in ("params", "batch_stats")})
+    state, _ = step(state, to_global(batch, mesh))
+    after = jax.device_get({key: state[key] for key in ("params", "batch_stats")})
+    for name in ("bn1_1", "bn5_2"):
+        assert np.array_equal(before["params"][name]["scale"], after["params"][name]["scale"])
+        assert not np.array_equal(
+            before["batch_stats"][name]["mean"], after["batch_stats"][name]["mean"]
+        )

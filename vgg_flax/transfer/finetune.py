@@ -42,13 +42,20 @@ def weights_usage(source: str) -> Any:
 
 
 def complete(config: Any) -> Any:
-    """`config` with the weights' architecture and preprocessing when `from_weights` is set."""
+    """`config` with the weights' architecture and preprocessing when `from_weights` is set.
+
+    An image folder (`data.source="folder"`) with one class, or with a file that is not an image
+    the trainer reads, is refused here, naming it, before anything is built."""
     if not config.get("from_weights", False):
         return config
     if not config.init_from:
         raise ValueError("from_weights needs init_from: the weights to fine-tune")
     if config.get("bn_stats", "update") not in BN_STATS:
         raise ValueError(f"bn_stats={config.bn_stats!r}: use one of {', '.join(BN_STATS)}")
+    if config.data.get("source") == "folder" and config.data.get("folder"):
+        from vgg_flax.transfer.images import check_training_folder
+
+        check_training_folder(config.data.folder, (config.data.split, config.data.eval_split))
     usage = weights_usage(config.init_from)
     if usage.features_only:
         raise ValueError(f"{config.init_from} has no fc6/fc7 (features only): it cannot be tuned")

@@ -27,9 +27,12 @@ def _visible(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
-def class_folder(root: str | os.PathLike) -> ImageSet:
-    """The images of `root/<class>/<image>`, labelled by class (at least two classes)."""
+def class_folder(root: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> ImageSet:
+    """The images of `root/<class>/<image>`, labelled by class (at least two classes).
+
+    `suffixes`: the image files a class folder may hold (anything else is an error)."""
     root = os.fspath(root)
+    suffixes = tuple(suffixes)
     classes = [n for n in _visible(root) if os.path.isdir(os.path.join(root, n))]
     if len(classes) < 2:
         found = f"one class ({classes[0]!r})" if classes else "no class subfolders"
@@ -43,9 +46,9 @@ def class_folder(root: str | os.PathLike) -> ImageSet:
         entries = _visible(folder)
         for entry in entries:
             path = os.path.join(folder, entry)
-            if os.path.isdir(path) or not entry.lower().endswith(IMAGE_SUFFIXES):
+            if os.path.isdir(path) or not entry.lower().endswith(suffixes):
                 raise ValueError(
-                    f"{path} is not an image file ({', '.join(IMAGE_SUFFIXES)}); a class folder "
+                    f"{path} is not an image file ({', '.join(suffixes)}); a class folder "
                     "holds only images: move it out"
                 )
             files.append(path)
@@ -53,6 +56,26 @@ def class_folder(root: str | os.PathLike) -> ImageSet:
         if not entries:
             raise ValueError(f"class folder {folder} holds no images")
     return ImageSet(tuple(files), tuple(labels), tuple(classes))
+
+
+def check_training_folder(root: str | os.PathLike, splits: Sequence[str]) -> None:
+    """Refuse a training folder with one class or a file the trainer would not read.
+
+    `root/<class>/<image>` (split by the trainer), or `root/<split>/<class>/<image>` for each
+    of `splits` that exists; the images the trainer's folder source reads (.jpg, .jpeg, .png).
+    A missing folder is left to the data source, which names it.
+    """
+    from vgg_flax.data.folder_split import SUFFIXES, is_class_folder
+
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        return
+    if is_class_folder(root):
+        class_folder(root, SUFFIXES)
+        return
+    for split in splits:
+        if os.path.isdir(os.path.join(root, split)):
+            class_folder(os.path.join(root, split), SUFFIXES)
 
 
 def image_set(paths: Sequence[str | os.PathLike]) -> ImageSet:
