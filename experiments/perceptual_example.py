@@ -38,22 +38,26 @@ from vgg_flax.perceptual.lpips import TAPS, load_lpips
 from vgg_flax.perceptual.normalise import normalise_activations
 
 
-def random_trunk(seed: int = 0, model=None):
+def random_trunk(seed: int = 0, model=None, *, head: bool = False, bias: float = 0.0):
     """A seeded random VGG16 trunk (convolutions only, He-normal), for runs without weights.
 
-    `(model, variables)`; `model` replaces VGG16 (e.g. a narrow one). Drawn with numpy from the
-    shapes alone: no initialisation program to compile.
+    `(model, variables)`; `model` replaces VGG16 (e.g. a narrow one); `head` adds the
+    classifier's layers; biases are uniform in [0, `bias`] (zero by default). Drawn with numpy
+    from the shapes alone: no initialisation program to compile.
     """
     model = model or create_model("vgg16")
+    features = {} if head else {"features": ("pool5",)}
     shapes = jax.eval_shape(
-        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), features=("pool5",)),
+        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), **features),
         jax.random.key(seed),
     )
     rng = np.random.default_rng(seed)
 
     def draw(leaf):
-        if len(leaf.shape) == 1:
-            return np.zeros(leaf.shape, np.float32)
+        if len(leaf.shape) == 1:  # zero biases draw nothing (the same kernels as before)
+            if not bias:
+                return np.zeros(leaf.shape, np.float32)
+            return rng.uniform(0, bias, leaf.shape).astype(np.float32)
         return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
 
     return model, jax.tree.map(draw, shapes)

@@ -1,14 +1,15 @@
 """Gatys' normalised VGG-19: per-filter mean activations 1 on its images, logits unchanged."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
+from vgg_flax.experiments.perceptual_example import random_trunk
 
 from vgg_flax import create_model
 from vgg_flax.perceptual.normalise import mean_activations, normalise_activations
+from vgg_flax.preprocessing import preprocess
 
 
 def _images() -> np.ndarray:
@@ -22,24 +23,9 @@ def _images() -> np.ndarray:
     return np.stack(crops)
 
 
-def _seeded(model, seed: int = 0):
-    """Seeded He-normal variables (numpy: no init program to compile), small positive biases."""
-    shapes = jax.eval_shape(
-        lambda key: model.init(key, jnp.zeros((1, 32, 32, 3))), jax.random.key(0)
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        if len(leaf.shape) == 1:
-            return rng.uniform(0, 0.1, leaf.shape).astype(np.float32)
-        return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-
-    return jax.tree.map(draw, shapes)
-
-
 def test_normalised_vgg19_keeps_logits_and_has_unit_means():
     model = create_model("vgg19", width=0.125, head_width=16, num_classes=10)
-    variables = _seeded(model)
+    _, variables = random_trunk(model=model, head=True, bias=0.1)  # small positive biases
     images = _images()
     with jax.default_matmul_precision("float32"):
         normalised = normalise_activations(model, variables, images, preprocessing="torchvision")
@@ -47,8 +33,6 @@ def test_normalised_vgg19_keeps_logits_and_has_unit_means():
         after = mean_activations(
             model, normalised, images, preprocessing="torchvision", batch_size=4
         )
-        from vgg_flax.preprocessing import preprocess
-
         x = preprocess(images, "torchvision")
         logits, new_logits = (np.asarray(model.apply(v, x)) for v in (variables, normalised))
     assert len(after) == 16
