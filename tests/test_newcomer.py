@@ -5,12 +5,13 @@
   one line, and `experiments.evaluate` with no flags beyond the checkpoint and the dataset
   scores exactly what the run reported: at 32x32 from a torchvision `.pth` (seeded weights,
   `torch.save`) converted by `vgg-flax convert`, full width, through the `vgg-flax train`
-  command line (one subprocess); at 224 in process from a narrow net (the run records its
-  "center" protocol).
+  command line (one subprocess); at 224 from narrow 1000-class weights through the same command
+  line in process (the run records its "center" protocol; the weights' record has none).
 - `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
-- Expected failures print one line and exit 2: a download offline, and, in a process where
-  the extras' modules cannot be imported, every entry point that needs one names the
-  `pip install 'vgg-flax[EXTRA]'` to run.
+- Expected failures print one line and exit 2 (`--debug` or VGG_FLAX_DEBUG=1: the traceback):
+  a download offline, bad input (a corrupt .pth, a mistyped override, a missing folder), and,
+  in a process where the extras' modules cannot be imported, every entry point that needs one
+  names the `pip install 'vgg-flax[EXTRA]'` to run.
 
 The other nets are narrow (conv widths / 16, a 16-wide head), the images 40x40 PNGs.
 """
@@ -146,16 +147,28 @@ def test_finetune_a_converted_pth_on_a_folder_at_32_from_the_command_line(
     assert_scores_as_reported(workdir, photos)
 
 
-def test_a_224_run_on_a_folder_scores_as_reported(photos, tmp_path, capsys):
-    from experiments import train
-
+def test_a_224_run_from_pretrained_weights_scores_as_reported(
+    photos, imagenet_like, tmp_path, capsys
+):
+    # The same command line at the folder source's own 224 (S=256), from 1000-class weights
+    # (narrow: a converted .pth is full width, 37 s of CPU at 224) whose record has no protocol:
+    # evaluated by themselves they would get the dense protocol with flips.
+    assert vgg_flax.load(imagenet_like[0]).usage.eval_protocol is None
     workdir = tmp_path / "run224"
-    argv = ["--config", "digits", "--workdir", str(workdir), "--config.data.source=folder"]
-    argv += [f"--config.data.folder={photos}", f"--config.width={NARROW['width']}", *FINETUNE]
-    argv[argv.index("--config.total_steps=3")] = "--config.total_steps=2"
-    assert train.main(argv) == 0
+    command = [
+        *("train", "--config", "digits", "--workdir", str(workdir)),
+        "--config.data.source=folder",
+        f"--config.data.folder={photos}",
+        f"--config.init_from={imagenet_like[0]}",
+        f"--config.width={NARROW['width']}",
+        *FINETUNE,
+    ]
+    command[command.index("--config.total_steps=3")] = "--config.total_steps=2"
+    assert cli.main(command) == 0
+    out, err = capsys.readouterr()
+    assert "; fc8 starts afresh (1000 classes in the weights, 2 in this run)" in out
+    assert "xent=" in err and "l2=" in err
     assert vgg_flax.load(workdir / "model").usage.input_size == 224
-    capsys.readouterr()
     # Not the dense protocol with flips (published weights' default): the run's own, recorded.
     assert assert_scores_as_reported(workdir, photos)["scales"] == [256]
 
@@ -253,6 +266,47 @@ def test_a_download_offline_is_one_line(tmp_path, monkeypatch, capsys):
     assert line.startswith("vgg-flax predict: error: DownloadError") and "cache" in line
     with pytest.raises(OSError):  # --debug: the exception itself, with its traceback
         cli.main(["predict", str(photo), "--debug"])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")  # or the environment variable
+    with pytest.raises(OSError):
+        cli.main(["predict", str(photo)])
+
+
+# Hostile or mistaken input, each refused on one line (exit 2) that names the problem and the
+# fix: (arguments, what the line must say). TRAIN: `vgg-flax train` on the digits config.
+TRAIN = ["train", "--config", "digits", "--workdir", "W"]
+REFUSED = {
+    "corrupt .pth": (["predict", "photo.png", "--weights", "junk.pth"], "not a PyTorch checkpoint"),
+    "not a checkpoint": (["export", "junk", "out.stablehlo"], "write one with vgg_flax.save"),
+    "missing checkpoint": (
+        ["evaluate", "--checkpoint", "nothing", "--dataset", "digits"],
+        "neither",
+    ),
+    "layout without safetensors": (
+        ["convert", "junk.pth", "out", "--layout", "timm"],
+        "add --to safetensors",
+    ),
+    "override typo": ([*TRAIN, "--config.batchsize=8"], 'Did you mean "batch_size"'),
+    "override value": ([*TRAIN, "--config.batch_size=abc"], "--config.batch_size=abc"),
+    "no such folder": (
+        [*TRAIN, "--config.data.source=folder", "--config.data.folder=nothing"],
+        "'nothing' is not a directory; expected folder/<split>/<class>/",
+    ),
+    "no such weights": ([*TRAIN, "--config.init_from=nothing"], "'nothing': no such file"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 40)).save("photo.png")
+    Path("junk.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    Path("junk").mkdir()
+    Path("junk", "x").write_text("junk")
+    argv, said = REFUSED[case]
+    assert cli.main(argv) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(("vgg-flax ", "train: error: ", "evaluate: error: ")), line
+    assert said in line and "--weights" not in line, line
 
 
 # Each entry point that needs an extra, with arguments that reach the import; run where the
@@ -265,9 +319,20 @@ NEEDS_EXTRA = {
     "experiments.perceptual_example": ("data", ["--trunk", "M", "--out", "W/perceptual"]),
     "vgg-flax train": ("data", ["train", "--config", "digits", "--workdir", "W/cli_train"]),
     "vgg-flax evaluate": ("data", ["evaluate", "--checkpoint", "M", "--dataset", "digits"]),
+    "vgg-flax reproduce": ("data", ["reproduce", "--checkpoint", "M@256", "--dataset", "digits"]),
+    "vgg-flax probe": ("data", ["probe", "F.npz"]),
     "vgg-flax prepare-data": ("data", ["prepare-data", "--source", "mnist"]),
     "vgg-flax export savedmodel": ("data", ["export", "M", "W/sm", "--format", "savedmodel"]),
     "vgg-flax export onnx": ("deploy", ["export", "M", "W/m.onnx", "--format", "onnx"]),
+    "vgg-flax export --quantize": (
+        "deploy",
+        ["export", "M", "W/q.stablehlo", "--quantize", "int8-weights"],
+    ),
+    "vgg-flax predict --quantize": (
+        "deploy",
+        ["predict", "P.png", "--weights", "M", "--quantize", "int8-weights"],
+    ),
+    "vgg-flax convert .h5": ("references", ["convert", "K.h5", "W/k"]),
     "vgg-flax parity": ("torch", ["parity", "vgg11"]),
 }
 BLOCKED = (
@@ -299,12 +364,16 @@ sys.meta_path[:] = [HideExtras(finder) for finder in sys.meta_path]
 """
 SCRIPT = """
 import contextlib, importlib, io, json, sys
-import jax, vgg_flax
+import jax, numpy as np, vgg_flax
+from PIL import Image
 from vgg_flax import cli
 from vgg_flax.cli._experiments import experiments_module
 
 tiny = vgg_flax.create_model("A", width=0.0625, head_width=16, num_classes=2)
 vgg_flax.save("M", tiny, jax.jit(tiny.init)(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))))
+np.savez("F.npz", features=np.ones((4, 3)), labels=np.array([0, 0, 1, 1]))  # descriptors
+Image.new("RGB", (40, 40)).save("P.png")
+open("K.h5", "wb").write(b"not HDF5")  # refused by h5py, were it there
 results = {}
 for name, (extra, argv) in json.loads(sys.argv[1]).items():
     err = io.StringIO()

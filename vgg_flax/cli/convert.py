@@ -68,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from vgg_flax.weights.loading import load, save
     from vgg_flax.weights.usage import Source
 
-    check_output(args.out_dir, new=True)  # before seconds of reading and converting
     if args.layout is not None and args.to != "safetensors":
-        raise SystemExit("vgg-flax convert: --layout needs --to safetensors")
+        raise ValueError(
+            f"--layout {args.layout} needs --to safetensors (an orbax checkpoint "
+            "has vgg-flax's names); add --to safetensors or drop --layout"
+        )
+    check_output(args.out_dir, new=True)  # before seconds of reading and converting
     model, variables, usage = load(args.pth, args.arch, head=args.head)
     has_head = "fc8" in variables["params"]
     # The usage record (preprocessing with its numbers, input size, ImageNet's class names for

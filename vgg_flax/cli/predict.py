@@ -77,7 +77,7 @@ def load_weights(source: str, arch: str | None) -> Any:
         return pretrained(source, head="keep")
     if not os.path.exists(source):
         raise ValueError(
-            f"--weights {source}: no such file or folder, and not a pretrained name "
+            f"weights {source!r}: no such file or folder, and not a pretrained name "
             f"({', '.join(list_pretrained())})"
         )
     from vgg_flax.weights.loading import load
