@@ -130,6 +130,8 @@ def test_jit_broadcast_bfloat16_and_remat():
     assert "checkpoint" in jaxpr or "remat" in jaxpr
     with pytest.raises(ValueError, match="one weight per channel"):
         metric.replace(alpha=metric.alpha[1:])(x, y)
+    with pytest.raises(ValueError, match="at least 32x32.*got 16x32; resize"):
+        metric(x[:, :16], y[:, :16])
 
 
 def test_narrow_trunk_is_refused_by_load_dists():

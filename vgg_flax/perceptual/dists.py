@@ -33,6 +33,7 @@ from vgg_flax.perceptual.lpips import TAPS, tap_channels
 from vgg_flax.preprocessing import PRESETS, Preset, preprocess
 
 C1 = C2 = 1e-6  # the authors' stabilising constants
+MIN_SIZE = 32  # the smallest side the VGG trunk takes
 
 
 @struct.dataclass
@@ -107,6 +108,11 @@ def _dists(metric: DISTS, x: jax.Array, y: jax.Array) -> jax.Array:
     if x.ndim != 4 or x.shape[1:] != y.shape[1:] or x.shape[-1] != 3:
         raise ValueError(
             f"DISTS takes two NHWC batches of RGB images of one size, got {x.shape} and {y.shape}"
+        )
+    if min(x.shape[1:3]) < MIN_SIZE:
+        raise ValueError(
+            f"DISTS needs images of at least {MIN_SIZE}x{MIN_SIZE} (the trunk's five poolings), "
+            f"got {x.shape[1]}x{x.shape[2]}; resize them"
         )
 
     def stages(images: jax.Array) -> list[jax.Array]:
