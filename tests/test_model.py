@@ -83,11 +83,13 @@ def test_dropout_acts_only_when_training(vgg_a):
 def test_batchnorm_model_updates_running_statistics():
     model = create_model("vgg11_bn", num_classes=5, **NARROW)
     images = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
-    variables = model.init(jax.random.key(8), images)
+    variables = jax.jit(model.init)(jax.random.key(8), images)
     assert set(variables) == {"params", "batch_stats"}
-    _, updates = model.apply(
-        variables, images, train=True, rngs={"dropout": jax.random.key(9)}, mutable=["batch_stats"]
-    )
+    _, updates = jax.jit(
+        lambda v: model.apply(
+            v, images, train=True, rngs={"dropout": jax.random.key(9)}, mutable=["batch_stats"]
+        )
+    )(variables)
     before, after = variables["batch_stats"]["bn1_1"], updates["batch_stats"]["bn1_1"]
     assert float(jnp.abs(after["mean"] - before["mean"]).max()) > 0
 
@@ -214,8 +216,11 @@ def test_standard_lax_kernels_compute_the_same_network_and_gradients(vgg_a):
     def loss(m, params):
         return jnp.sum(m.apply({"params": params}, images) ** 2)
 
-    fast_loss, fast_grads = jax.value_and_grad(lambda p: loss(model, p))(variables["params"])
-    lax_loss, lax_grads = jax.value_and_grad(lambda p: loss(plain, p))(variables["params"])
+    # Jitted: one compile of each network, not an eager dispatch of each op of its gradient.
+    fast_loss, fast_grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(
+        variables["params"]
+    )
+    lax_loss, lax_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(variables["params"])
     np.testing.assert_allclose(fast_loss, lax_loss, rtol=1e-5)
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(fast_grads), jax.tree.leaves(lax_grads), strict=True

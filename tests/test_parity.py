@@ -1,7 +1,10 @@
 """vgg-flax computes torchvision's function: all eight archs, every layer, gradients, train-mode BN.
 
-torchvision's modules get seeded random weights with non-trivial biases and BatchNorm statistics
-(`parity.randomize`). Activations and logits: max|diff| <= 1e-5 * max|torch value|, per layer.
+vgg11 and vgg11_bn run at full width (through the converter); the deeper archs and the
+gradient and BatchNorm-training checks run on narrow nets (NARROW); the CLI's gradient test at
+full width. torchvision's modules get seeded random weights with non-trivial biases and
+BatchNorm statistics (`parity.randomize`). Activations and logits:
+max|diff| <= 1e-5 * max|torch value|, per layer.
 Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter (at
 least 1e-3 of the net's largest gradient: `parity.with_floor`), computed in float64 on both
 sides (in float32, max-pool near-ties route gradients differently on the two sides; see
@@ -30,20 +33,24 @@ from vgg_flax.parity.torchvision import (
 
 ACTIVATION_TOL = 1e-5
 GRADIENT_TOL = 1e-4
-# Every arch at 224x224, full width: each arch's layer list and torchvision's numbering of its
-# layers. 256x320 (pool5 is 8x10, so the adaptive pool resamples) once without and once with
-# BatchNorm: the resampling acts on pool5, the same code after any number of convs, so a deeper
-# net at that size proves nothing vgg11's does not. Each arch's cases run together (`_net`).
+# Every arch at 224x224: each arch's layer list and torchvision's numbering of its layers.
+# vgg11 and vgg11_bn (every layer kind) at full width through the converter, the deeper archs
+# narrow (`NARROW`: the same modules and numbering with a quarter of the channels; their
+# full-width shapes are the converter's tests'). 256x320 (pool5 is 8x10, so the adaptive pool
+# resamples) for vgg11 and vgg11_bn: the resampling acts on pool5, the same code after any
+# number of convs. Each arch's cases run together (`_net`).
+FULL_WIDTH = ("vgg11", "vgg11_bn")
+NARROW = {"width": 0.25, "head_width": 64}
 CASES = [
     (arch, size)
     for arch in TORCHVISION_ARCHS
-    for size in [(224, 224), *([(256, 320)] if arch in ("vgg11", "vgg11_bn") else [])]
+    for size in [(224, 224), *([(256, 320)] if arch in FULL_WIDTH else [])]
 ]
 
 
 @functools.lru_cache(maxsize=2)  # tests run arch by arch: each net is built once
 def _net(arch):
-    return torch_model(arch, seed=0)
+    return torch_model(arch, seed=0, **({} if arch in FULL_WIDTH else NARROW))
 
 
 def _inputs(batch, height, width, seed=0):
@@ -52,27 +59,33 @@ def _inputs(batch, height, width, seed=0):
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
-def test_gradients_match_torchvision(arch):
-    report = compare(arch, _net(arch), _inputs(2, 64, 64, seed=1), grad=True, seed=1)
-    net_params = [key for key, _ in _net(arch).named_parameters()]
+def test_gradients_match_torchvision_on_narrow_nets(arch):
+    # Narrow nets: every layer kind's gradient, BatchNorm's in
+    # evaluation mode; the full-width gradient is the CLI test's below (BatchNorm training).
+    net = torch_model(arch, seed=0, **NARROW)
+    report = compare(arch, net, _inputs(2, 64, 64, seed=1), grad=True, seed=1)
+    net_params = [key for key, _ in net.named_parameters()]
     assert [d.name for d in report.gradients] == net_params
     bad = [d for d in report.gradients if d.max_rel > GRADIENT_TOL]
     assert not bad, bad
 
 
 def test_parity_cli_train_bn_gradients_exit_0_and_misuse_is_an_error(capsys):
-    # Conv biases before BatchNorm have gradient zero by construction: rounding noise on both
-    # sides, measured against the floor (a fraction of the largest gradient), not relatively.
+    # The one full-width gradient parity: every parameter of vgg11_bn in float64, BatchNorm in
+    # training mode (exit 0 means each is within the CLI's tolerance). Conv biases before
+    # BatchNorm have gradient zero by construction: rounding noise on both sides, measured
+    # against the floor (a fraction of the largest gradient), not relatively.
     args = ["parity", "vgg11_bn", "--grad", "--train-bn", "--size", "64", "64", "--batch", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "\nfeatures.0.bias " in out and "gradient (float64)" in out
+    assert "classifier.0.weight " in out  # fc6's 25088 x 4096 weight: full width
     assert main(["parity", "vgg11", "--train-bn", "--size", "64", "64"]) == 2
     assert "vgg11 has no BatchNorm" in capsys.readouterr().err
 
 
 def test_train_mode_batchnorm_matches_torchvision():
-    net = _net("vgg11_bn")
+    net = torch_model("vgg11_bn", seed=0, **NARROW)  # full width: the CLI gradient test's
     before = {k: v.clone() for k, v in net.state_dict().items()}
     report = compare("vgg11_bn", net, _inputs(2, 64, 96, seed=2), train_bn=True)
     assert len(report.running_stats) == 2 * 8  # mean and var of each of the 8 BatchNorms

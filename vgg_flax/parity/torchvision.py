@@ -37,7 +37,6 @@ from vgg_flax.models.arch import (
     resolve,
 )
 from vgg_flax.models.vgg import create_model
-from vgg_flax.weights.loading import load
 
 # The absolute floor of a comparison: this fraction of the largest magnitude among all tensors
 # of a kind (all gradients, all momentum buffers, ...). Values that are zero by construction are
@@ -319,7 +318,7 @@ def compare(
     measured against the floor of `with_floor` (conv biases before BatchNorm get none).
     """
     check_train_bn(arch, train_bn)
-    model, variables, _ = load(torch_net.state_dict(), arch, head="keep", dropout_rate=0.0)
+    model, variables = _ours_of(arch, torch_net)
     num_classes = model.num_classes
     with float32_precision():
         theirs, their_stats = _forward_torch(arch, torch_net, images, train_bn)
@@ -352,6 +351,27 @@ def check_train_bn(arch: str, train_bn: bool) -> None:
             f"{arch} has no BatchNorm, so BatchNorm's training mode does not apply; drop "
             f"--train-bn (train_bn=True) or choose {arch}_bn"
         )
+
+
+def net_widths(torch_net: Any) -> dict[str, Any]:
+    """`create_model`'s width and head_width of a torchvision VGG (`torch_model`'s narrow nets)."""
+    first = next(m for m in torch_net.features if hasattr(m, "out_channels"))
+    widths = {"width": first.out_channels / 64, "head_width": torch_net.classifier[0].out_features}
+    return {} if widths == {"width": 1.0, "head_width": HEAD_WIDTH} else widths
+
+
+def _ours_of(arch: str, torch_net: Any, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """vgg-flax's `(model, variables)` of a torchvision net: through the converter when it has
+    torchvision's sizes (its shapes checked), else through `flax_layout` at the net's widths."""
+    state = torch_net.state_dict()
+    num_classes = int(np.shape(state["classifier.6.weight"])[0])
+    widths = net_widths(torch_net)
+    if widths:
+        variables = flax_layout({k: v.numpy() for k, v in state.items()}, arch)
+    else:
+        variables = from_torchvision(state, arch, head="keep")
+    model = create_model(arch, num_classes=num_classes, dropout_rate=0.0, **widths, **options)
+    return model, variables
 
 
 def gradient_differences(
@@ -413,18 +433,11 @@ def _jax_gradients(
 
     with float32_precision(), jax.enable_x64(dtype == "float64"):
         float_type = getattr(jnp, dtype)
-        variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
+        model, variables = _ours_of(arch, torch_net, dtype=float_type, param_dtype=float_type)
         for tree in variables.values():
             for layer in tree.values():
                 for name in layer:  # replaced one by one: one float32 and one new copy at most
                     layer[name] = jnp.asarray(layer[name], float_type)
-        model = create_model(
-            arch,
-            num_classes=int(variables["params"]["fc8"]["bias"].shape[0]),
-            dropout_rate=0.0,
-            dtype=float_type,
-            param_dtype=float_type,
-        )
         x = jnp.asarray(images.transpose(0, 2, 3, 1).astype(dtype))
         stats = variables.get("batch_stats", {})
 
