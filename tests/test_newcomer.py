@@ -113,6 +113,21 @@ def converted_vgg11(tmp_path_factory) -> Path:
     return folder / "ckpt"
 
 
+@pytest.mark.parametrize("mode", [None, "local"])
+def test_every_shipped_config_takes_own_data_from_the_command_line(mode):
+    import importlib.util
+
+    from experiments import train
+
+    for name in train.shipped_configs():
+        spec = importlib.util.spec_from_file_location(name, train.CONFIGS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        data = module.get_config(mode).data
+        missing = {"folder", "data_dir", "manual_dir", "val_fraction"} - set(data)
+        assert not missing, (name, mode, missing)
+
+
 @pytest.mark.torch
 def test_finetune_a_converted_pth_on_a_folder_at_32_from_the_command_line(
     photos, converted_vgg11, tmp_path
