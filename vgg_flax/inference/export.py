@@ -112,7 +112,9 @@ def export_savedmodel(
     return path
 
 
-def to_onnx(model: Any, variables: Mapping[str, Any], path: str | None = None, **options: Any):
+def to_onnx(
+    model: Any, variables: Mapping[str, Any], path: str | None = None, **options: Any
+) -> Any:
     """An ONNX model of `model`'s forward pass: `vgg_flax.inference.onnx.to_onnx` (see there;
     needs the `deploy` extra: jax2onnx, onnx)."""
     from vgg_flax.inference import onnx

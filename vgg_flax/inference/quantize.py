@@ -227,7 +227,9 @@ class QuantizedModel:
     model: Any
     mode: str
 
-    def apply(self, variables: Mapping[str, Any], images: Any, train: bool = False, **options):
+    def apply(
+        self, variables: Mapping[str, Any], images: Any, train: bool = False, **options: Any
+    ) -> Any:
         """The quantised forward pass (see the module docstring)."""
         import flax.linen as nn
 
