@@ -11,11 +11,12 @@ OVERRIDES = """\
 Any field of the config can be overridden: --config.FIELD=VALUE, repeated (e.g.
 --config.batch_size=8 --config.optim.learning_rate=0.05 --config.width=0.125); every data
 option is a field too: --config.data.source=folder --config.data.folder=DIR trains on your own
-images (DIR/train/<class>/, DIR/validation/<class>/), --config.init_from=WEIGHTS starts from
-weights (a fresh classifier when the class counts differ). A run resumes
-from DIR's latest checkpoint when restarted with the same DIR. The configs are the files of
-experiments/configs/ (installed as vgg_flax/experiments/configs/); the same run from a checkout's
-root: python -m experiments.train --config experiments/configs/NAME.py --workdir DIR."""
+images (DIR/train/<class>/ and DIR/validation/<class>/, or DIR/<class>/ alone, split for you),
+--config.init_from=WEIGHTS starts from weights (a fresh classifier when the class counts
+differ). A run resumes from its workdir's latest checkpoint when restarted with the same one.
+The configs are the files of experiments/configs/ (installed as vgg_flax/experiments/configs/);
+the same run from a checkout's root: python -m experiments.train --config
+experiments/configs/NAME.py --workdir DIR."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
