@@ -231,6 +231,15 @@ def test_a_corrupted_cached_file_is_refused(server):
         hub.fetch(REPO, revision=COMMITS[0])
 
 
+def test_a_file_over_the_size_limit_is_refused_before_it_downloads(server, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_FILE_BYTES", 1000)  # the config fits, the weights do not
+    with pytest.raises(DownloadError, match="announces [0-9]+ bytes, more than the 1000 allowed"):
+        hub.fetch(REPO)
+    assert not any(path.endswith("model.safetensors") for path in _gets(server))
+    cached = [name for _, _, names in os.walk(os.environ["HF_HUB_CACHE"]) for name in names]
+    assert "model.safetensors" not in cached
+
+
 def test_a_stalled_server_is_given_up_on(server, monkeypatch):
     server.mode = "stall"
     start = time.monotonic()

@@ -4,6 +4,8 @@ the three layouts, weights folders (save/load, `vgg-flax convert --to safetensor
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -155,6 +157,31 @@ def test_narrow_net_round_trips_as_folder_and_file(narrow, tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         vgg_flax.save(path, model, variables, usage, format="safetensors")
     assert sorted(os.listdir(tmp_path)) == ["w"]  # nothing half-written left beside it
+
+
+def test_loads_without_torch_or_pickle(narrow, tmp_path):
+    """vgg_flax.load of a weights folder imports no torch and unpickles nothing (a subprocess:
+    this one has torch loaded)."""
+    model, variables, *_ = narrow
+    path = vgg_flax.save(tmp_path / "w", model, variables, format="safetensors")
+    script = (
+        "import pickle, sys\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('something was unpickled')\n"
+        "class Refusing(pickle.Unpickler):  # what vgg_flax's .pth reader subclasses\n"
+        "    load = refuse\n"
+        "pickle.load, pickle.loads, pickle.Unpickler = refuse, refuse, Refusing\n"
+        "import numpy as np, vgg_flax\n"
+        f"loaded = vgg_flax.load({path!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(repr(float(np.asarray(loaded.variables['params']['fc8']['bias']).sum())))\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout) == float(np.asarray(variables["params"]["fc8"]["bias"]).sum())
 
 
 def test_convert_to_safetensors(narrow, tmp_path, capsys):

@@ -22,6 +22,7 @@ import torchvision
 
 import vgg_flax
 from vgg_flax.formats.timm import (
+    class_names_from_config,
     from_timm,
     is_timm_state,
     preset_from_config,
@@ -154,7 +155,7 @@ def test_vgg_flax_to_timm_is_timm_exactly(reference):
 @pytest.mark.parametrize("reference", ["vgg11_bn"], indirect=True)  # one is enough for a file
 def test_saved_folder_loads_in_timm_and_torchvision(reference, tmp_path):
     """vgg_flax.save(format="safetensors"): timm's and torchvision's loaders, equal logits."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     size = 64
     expected = reference.timm_outputs(size)
@@ -178,15 +179,21 @@ def test_saved_folder_loads_in_timm_and_torchvision(reference, tmp_path):
     config = json.load(open(os.path.join(folder, "config.json")))
     assert config["architecture"] == "vgg11_bn"
     assert preset_from_config(config) == PRESETS["torchvision"]
-    # And vgg_flax.load reads the torchvision-layout folder back, bit for bit.
-    loaded = vgg_flax.load(folder)
-    assert loaded.model == reference.model and loaded.usage.preprocessing == PRESETS["torchvision"]
-    for (path, ours), theirs in zip(
-        jax.tree_util.tree_leaves_with_path(loaded.variables),
-        jax.tree.leaves(reference.variables),
-        strict=True,
-    ):
-        assert np.array_equal(ours, theirs), path
+    # And vgg_flax.load reads the torchvision-layout folder back, bit for bit; and a file of
+    # timm's own state dict (its names, as timm's hub repositories hold it), written by the
+    # safetensors package.
+    timm_file = str(tmp_path / "timm.safetensors")
+    save_file({k: v.contiguous() for k, v in reference.timm.state_dict().items()}, timm_file)
+    for source in (folder, timm_file):
+        loaded = vgg_flax.load(source)
+        assert loaded.model == reference.model
+        assert loaded.usage.preprocessing == PRESETS["torchvision"]
+        for (path, ours), theirs in zip(
+            jax.tree_util.tree_leaves_with_path(loaded.variables),
+            jax.tree.leaves(reference.variables),
+            strict=True,
+        ):
+            assert np.array_equal(ours, theirs), (source, path)
 
 
 def test_timm_layout_renames():
@@ -217,3 +224,12 @@ def test_timm_config_to_preset():
     )  # fmt: skip
     with pytest.raises(ValueError, match="square inputs"):
         preset_from_config({"input_size": [3, 224, 256]})
+
+
+def test_timm_config_class_names():
+    """label_names where given; ImageNet's for timm's `in1k` tags with 1000 classes; else none."""
+    assert class_names_from_config({"label_names": ["cat", "dog"]}) == ("cat", "dog")
+    names = class_names_from_config({"pretrained_cfg": {"tag": "tv_in1k", "num_classes": 1000}})
+    assert names == tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    for cfg in ({"tag": "tv_in1k", "num_classes": 10}, {"num_classes": 1000}):
+        assert class_names_from_config({"pretrained_cfg": cfg}) is None
