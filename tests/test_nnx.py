@@ -2,9 +2,11 @@
 
 Every architecture of Table 1, with and without BatchNorm, as narrow nets on 32x32 images:
 logits, named features, gradients, BatchNorm's updated statistics and dropout, NNX against the
-Linen `VGG` (which tests/test_parity.py checks against torchvision). One full-width VGG-D runs
-once. The conversions round-trip exactly; a data-parallel NNX training step on 4 simulated
-devices equals one device (a subprocess: JAX reads XLA_FLAGS when it starts).
+Linen `VGG` (which tests/test_parity.py checks against torchvision); one full-width VGG-D's
+logits, features and gradients too. The conversions round-trip exactly; a data-parallel NNX
+training step on 4 simulated devices equals one device (a subprocess: JAX reads XLA_FLAGS when
+it starts). `create_model(..., pretrained=...)` here with a saved net (the hub's repositories:
+tests/test_hub.py).
 """
 
 from __future__ import annotations
@@ -193,18 +195,27 @@ def test_dense_modes_and_padded_batches():
     assert_trees_close(ours, theirs, **TOL)
 
 
-def test_full_width_vgg16_forward():
+def test_full_width_vgg16_logits_features_and_gradients():
     linen = create_model("D")
     model = vnnx.from_linen(linen, random_variables(linen))
     assert model.fc6["kernel"].shape == (7, 7, 512, 4096)
     graphdef, state = nnx.split(model)
     x = images(1)
-    both = jax.jit(
-        lambda s, v: (nnx.merge(graphdef, s)(x), linen.apply(v, x)), compiler_options=FAST
-    )
+    wanted = ("relu3_3", "pool5", "fc7", "logits")
+
+    def run_nnx(state):
+        model = nnx.merge(graphdef, state)
+        grads = nnx.grad(lambda m: loss_of(m(x)))(model)
+        return model(x, features=wanted), nnx.to_pure_dict(grads)
+
+    def run_linen(variables):
+        grads = jax.grad(lambda p: loss_of(linen.apply({**variables, "params": p}, x)))
+        return linen.apply(variables, x, features=wanted), grads(variables["params"])
+
+    both = jax.jit(lambda s, v: (run_nnx(s), run_linen(v)), compiler_options=FAST)
     ours, theirs = both(state, vnnx.to_linen(model)[1])
-    assert float(jnp.abs(theirs).max()) > 0.1
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(theirs[0]["logits"]).max()) > 0.1
+    assert_trees_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_saved_and_pretrained_weights_load_as_nnx(tmp_path, monkeypatch):
