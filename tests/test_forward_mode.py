@@ -54,7 +54,7 @@ def _random_like(tree, seed: int):
 def setup(request):
     models = _models(VARIANTS[request.param])
     images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = models["auto"].init(jax.random.key(0), images)
+    variables = jax.jit(models["auto"].init)(jax.random.key(0), images)
     return models, variables, images
 
 
@@ -71,9 +71,11 @@ def test_jvp_equals_lax(setup):
         f = _apply(m, variables)
         out[k] = jax.jit(lambda p, x, f=f: jax.jvp(f, (p, x), tangents))(params, images)
     _close(out["auto"], out["lax"])
-    # Eagerly too (the tangent primitive's own evaluation, not its lowering).
-    eager = jax.jvp(_apply(models["auto"], variables), (params, images), tangents)
-    _close(eager, out["lax"])
+    # Eagerly too (the tangent primitives' own evaluation, not their lowering), once: op by op,
+    # the variants' extra layers add dispatches, not primitives (CONV_CASES test each op eagerly).
+    if not (models["auto"].batch_norm or models["auto"].pooling == "avg"):
+        eager = jax.jvp(_apply(models["auto"], variables), (params, images), tangents)
+        _close(eager, out["lax"])
 
 
 def test_jacfwd_of_a_logit_slice_equals_lax(setup):
@@ -108,7 +110,7 @@ def test_dense_mode_jvp_and_hvp_equal_lax():
     # Dense evaluation runs fc6-fc8 as convolutions over the whole pool5 map (at 224: 7x7).
     models = _models({})
     images = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
-    variables = models["auto"].init(jax.random.key(0), images)
+    variables = jax.jit(models["auto"].init)(jax.random.key(0), images)
     params, vector = variables["params"], _random_like(variables["params"], 5)
     out = {}
     for k, m in models.items():
