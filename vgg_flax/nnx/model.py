@@ -5,12 +5,15 @@ architecture) and the Linen variables as NNX variables, and runs the Linen modul
 `apply` on them. So the two give the same numbers by construction, the parameters keep their
 Linen names (`model.conv1_1["kernel"]`, `model.bn1_1["mean"]`, ...: `nnx.state(model,
 nnx.Param)` is the Linen `params` tree, `nnx.state(model, nnx.BatchStat)` its `batch_stats`), and
-conversion either way moves the arrays without copying them.
+conversion either way moves the arrays without copying them. `create_model(...,
+pretrained=...)` builds one holding published or saved weights, read by `vgg_flax.pretrained` /
+`vgg_flax.load` (the Linen loader: one loading path).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -169,8 +172,6 @@ def create_model(
     For the weights' usage record as well, use `vgg_flax.nnx.pretrained` or `vgg_flax.nnx.load`.
     """
     if pretrained is not None and pretrained is not False:
-        from vgg_flax.nnx.loading import create_pretrained
-
         return create_pretrained(
             arch, pretrained, rngs=rngs, batch_norm=batch_norm, num_classes=num_classes, **options
         )
@@ -201,3 +202,79 @@ def to_linen(model: VGG) -> tuple[linen_vgg.VGG, dict[str, Any]]:
         if tree:
             variables[collection] = tree
     return model.linen, variables
+
+
+def create_pretrained(
+    arch: str | Sequence[int | str] | None,
+    pretrained: Any,
+    *,
+    rngs: nnx.Rngs,
+    batch_norm: bool = False,
+    num_classes: int | None = None,
+    **options: Any,
+) -> VGG:
+    """`vgg_flax.nnx.create_model(arch, pretrained=..., ...)`: the NNX VGG of those weights.
+
+    True: torchvision's weights of `arch` (default "D"); a weights name or hub repository:
+    `vgg_flax.pretrained`'s; a path: `vgg_flax.load`'s. A fresh fc8 (for another
+    `num_classes`) is drawn from the "params" stream of `rngs`; the model keeps `rngs` for
+    dropout. `arch` and `batch_norm` are checked against the weights.
+    """
+    from vgg_flax.weights import download
+    from vgg_flax.weights.factory import weights_name
+    from vgg_flax.weights.loading import load as load_linen
+
+    if pretrained is True:
+        if not isinstance(arch, str | None):
+            raise ValueError(
+                "pretrained=True picks torchvision's weights of a named architecture ('vgg16', "
+                "'D'); a layer list has none: pass pretrained=NAME or a path, or no pretrained="
+            )
+        source = weights_name(arch or "D", batch_norm)
+    elif isinstance(pretrained, str | os.PathLike):
+        source = pretrained
+    else:
+        raise TypeError(
+            "pretrained must be True, a weights name ('vgg16_bn'), a hub repository "
+            f"('timm/vgg16_bn.tv_in1k') or a path, got {type(pretrained).__name__}"
+        )
+    key = rngs.params()
+    if isinstance(source, os.PathLike) or os.path.exists(source):
+        # vgg_flax.pretrained's rules for a file: its tensors fix the widths; a fresh fc8 for
+        # another num_classes, drawn as vgg_flax.pretrained draws it.
+        fixed = [field for field in download._FIXED_BY_WEIGHTS if field in options]
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix "
+                "them); drop the option, or build an untrained model without pretrained="
+            )
+        head = options.pop("head", "auto")
+        model, variables, usage = load_linen(source, head=head)
+        loaded = download._adapted(model, variables, usage, num_classes, key, options)
+    else:
+        loaded = download.pretrained(
+            source, num_classes=num_classes, key=key, batch_norm=batch_norm, **options
+        )
+    _check_fits(arch, batch_norm, loaded.model, pretrained)
+    return VGG(loaded.model, loaded.variables, rngs=rngs)
+
+
+def _check_fits(
+    arch: str | Sequence[int | str] | None, batch_norm: bool, model: Any, pretrained: Any
+) -> None:
+    """Raise ValueError unless the loaded `model` is the architecture that was asked for."""
+    same = arch is None or arch_lib.layer_list(arch) == arch_lib.layer_list(model.arch)
+    if arch is not None:
+        batch_norm = batch_norm or (isinstance(arch, str) and arch_lib.resolve(arch)[1])
+        same = same and model.batch_norm == batch_norm
+    elif batch_norm:  # no arch given: the weights fix it, and BatchNorm was asked for
+        same = model.batch_norm
+    if not same:
+        label = arch_lib.arch_label(model.arch)
+        names = [n for n, v in arch_lib.TORCHVISION_ARCHS.items() if v == (label, model.batch_norm)]
+        fix = f"pass arch={names[0]!r}, or leave arch out" if names else "leave arch out"
+        asked = "a BatchNorm net" if arch is None else f"{arch!r}, batch_norm={batch_norm}"
+        raise ValueError(
+            f"pretrained={pretrained!r} holds VGG {label} (batch_norm={model.batch_norm}), not "
+            f"{asked}: {fix} (the weights fix the architecture)"
+        )
