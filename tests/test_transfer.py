@@ -6,9 +6,9 @@ spatial mean, flip average, scale average / stack and L2 norm; and on 4 simulate
 (the `vgg-flax features` command in a subprocess) against one. The probe and fine-tuning run on
 the digits (rendered at 32x32 as the demo does) with a stand-in for the demo's trained model:
 the demo's config (experiments/configs/digits.py) at the tests' narrow widths (train_tiny.TINY,
-a 32-wide head), trained 440 steps (~98% top-1; `demo_net`). The issue's 95% (probe) and 90%
-(fine-tuning) are asserted on it; docs/transfer.md shows the same commands on the full-width
-model `make demo` trains.
+a 32-wide head), trained 440 steps (~98% top-1): the suite's `digits_run` (tests/conftest.py).
+The issue's 95% (probe) and 90% (fine-tuning) are asserted on it; docs/transfer.md shows the
+same commands on the full-width model `make demo` trains.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import train_tiny
 from PIL import Image
-from train_runner import small_config
 
 from vgg_flax import save
 from vgg_flax.cli import main
@@ -217,30 +216,12 @@ def test_fine_tuning_refuses_a_bad_image_folder(tmp_path):
 
 
 PERMUTED = [(digit * 3 + 1) % 10 for digit in range(10)]  # a new 10-class task
-# The demo's config at narrow widths, 10 epochs of 44 steps, the rate divided by 10 after 7:
-# ~98% top-1 on the 360 test digits (the full-width demo: 98.6%).
-DEMO_RUN = {
-    "batch_size": 32,
-    "total_steps": 440,
-    "eval_every_steps": 440,
-    "eval_batches": 0,
-    "eval_batch_size": 120,
-    "checkpoint.every_steps": 440,
-    "log_every_steps": 110,
-    "dropout": 0.0,
-    "optim.learning_rate": 0.02,
-    "optim.warmup_steps": 10,
-    "optim.step_epochs": 7,
-}
 
 
 @pytest.fixture(scope="module")
-def demo_net(tmp_path_factory) -> Path:
-    """The model/ folder of the demo's config trained at narrow widths (see DEMO_RUN)."""
-    from vgg_flax.train import trainer
-
-    workdir = tmp_path_factory.mktemp("demo_net")
-    summary = trainer.train(small_config(DEMO_RUN), str(workdir))
+def demo_net(digits_run) -> Path:
+    """The model/ folder of the suite's digits run: the demo's config at narrow widths."""
+    workdir, summary = digits_run
     assert summary["eval"]["accuracy"] >= 0.95, summary["eval"]  # a stand-in for the demo's
     return workdir / "model"
 
