@@ -6,7 +6,8 @@
   scores exactly what the run reported: at 32x32 from a torchvision `.pth` (seeded weights,
   `torch.save`) converted by `vgg-flax convert`, full width, through the `vgg-flax train`
   command line (one subprocess); at 224 from narrow 1000-class weights through the same command
-  line in process (the run records its "center" protocol; the weights' record has none).
+  line in process (the run records its "center" protocol; the weights' record has none); a
+  folder of class subfolders alone, split for you, with `--split val` as the docs say.
 - `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
 - Expected failures print one line and exit 2 (`--debug` or VGG_FLAX_DEBUG=1: the traceback):
   a download offline, bad input (a corrupt .pth, a mistyped override, a missing folder), and,
@@ -22,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,13 +84,16 @@ def evaluate_quietly(argv: list[str]) -> dict:
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
-def assert_scores_as_reported(workdir: Path, photos: Path) -> dict:
+def assert_scores_as_reported(
+    workdir: Path, photos: Path, *flags: str, examples: int = 2 * 4
+) -> dict:
+    """The documented evaluate command (and `flags`) counts the errors the run reported."""
     summary = json.loads((workdir / "summary.json").read_text())
     result = evaluate_quietly(
         ["--checkpoint", str(workdir / "model"), "--dataset", "folder", "--folder", str(photos)]
+        + list(flags)
     )
-    examples = summary["eval"]["examples"]
-    assert result["examples"] == examples == 2 * 4
+    assert result["examples"] == summary["eval"]["examples"] == examples
     errors = round((1 - summary["eval"]["accuracy"]) * examples)
     assert round(result["top1_error"] * examples / 100) == errors
     assert result["protocol"] == "center"  # what the run's evaluation used, recorded
@@ -186,6 +191,32 @@ def test_a_224_run_from_pretrained_weights_scores_as_reported(
     assert vgg_flax.load(workdir / "model").usage.input_size == 224
     # Not the dense protocol with flips (published weights' default): the run's own, recorded.
     assert assert_scores_as_reported(workdir, photos)["scales"] == [256]
+
+
+def test_a_folder_split_for_you_scores_as_reported_with_split_val(photos, tmp_path, capsys):
+    # folder/<class>/ alone (docs/training.md): its held-out part is "val", named on both sides.
+    classes = tmp_path / "classes"
+    for name in CLASSES:
+        (classes / name).mkdir(parents=True)
+        for split in ("train", "validation"):
+            for image in (photos / split / name).iterdir():
+                shutil.copy(image, classes / name / f"{split}_{image.name}")
+    workdir = tmp_path / "run"
+    command = [
+        *("train", "--config", "digits", "--workdir", str(workdir)),
+        "--config.data.source=folder",
+        f"--config.data.folder={classes}",
+        "--config.data.eval_split=val",
+        f"--config.width={NARROW['width']}",
+        *FINETUNE,
+        *SMALL_INPUT,
+    ]
+    command[command.index("--config.total_steps=3")] = "--config.total_steps=1"
+    assert cli.main(command) == 0
+    capsys.readouterr()
+    held_out = round(12 * 0.2)  # of each class's 12 images, by the default val_fraction
+    result = assert_scores_as_reported(workdir, classes, "--split", "val", examples=2 * held_out)
+    assert result["split"] == "val"
 
 
 @pytest.fixture(scope="module")
