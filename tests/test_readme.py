@@ -80,7 +80,8 @@ PY_SLOW = (
     (
         r"hf-hub:timm/",
         "downloads timm's weights from the Hugging Face hub (0.5 GB); tests/test_hub.py runs "
-        "docs/weights.md's example as written against a hub server on 127.0.0.1",
+        "docs/weights.md's and docs/nnx.md's examples as written against a hub server on "
+        "127.0.0.1",
     ),
     (
         r"vgg_flax\.pretrained\(|load_lpips\(|perceptual_loss\(|load_dists\(",
