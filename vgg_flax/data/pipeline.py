@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -188,6 +189,7 @@ class TrainIterator:
         self.position = 0
         self._tracker = _PositionTracker(cfg["on_corrupt"], self._describe)
         self._iterator = None
+        self._warming: tuple[int, threading.Thread, dict[str, Any]] | None = None
 
     @property
     def skipped(self) -> int:
@@ -200,14 +202,16 @@ class TrainIterator:
         epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
         return epochs.flat_map(lambda e: _shuffled_epoch(records, size, self.cfg, self.seed, e))
 
-    def dataset(self) -> tf.data.Dataset:
-        """The local batch stream from the current position (numpy-ready, with "position")."""
+    def dataset(self, position: int | None = None) -> tf.data.Dataset:
+        """The local batch stream from `position` (default: the current one), numpy-ready, with
+        "position"."""
+        position = self.position if position is None else position
         per_epoch = self.stop - self.start
-        first_epoch, offset = divmod(self.position, per_epoch)
+        first_epoch, offset = divmod(position, per_epoch)
         ds = self._records(first_epoch).skip(offset)  # before decoding: cheap
         # The stream ends once a record lies too far past the last image that decoded (the
         # parallel map may run ahead of it by its buffer: allowed for in the margin).
-        last_good = tf.Variable(tf.constant(self.position - 1, tf.int64), trainable=False)
+        last_good = tf.Variable(tf.constant(position - 1, tf.int64), trainable=False)
         limit = MAX_CONSECUTIVE_FAILURES + 4 * (os.cpu_count() or 1) + self.local_batch_size
         ds = ds.take_while(lambda ex: ex["position"] - last_good.read_value() <= limit)
         ds = ds.map(
@@ -226,12 +230,37 @@ class TrainIterator:
         transform = _train_transform(self.cfg, self.seed, self.host)
         return _describer(self._records(epoch), transform)(offset)
 
+    def warm_up(self) -> None:
+        """Start building the stream from the current position in a thread (TensorFlow traces
+        its functions and fills the prefetch buffer while JAX compiles); the next batch uses it
+        unless `set_state` moved the position meanwhile."""
+        result: dict[str, Any] = {}
+
+        def build(position: int = self.position) -> None:
+            try:
+                result["iterator"] = self.dataset(position).as_numpy_iterator()
+            except Exception:  # noqa: BLE001  # rebuilt in __next__, which raises it there
+                pass
+
+        thread = threading.Thread(target=build, name="vgg-flax-input-warm-up", daemon=True)
+        thread.start()
+        self._warming = (self.position, thread, result)
+
+    def _take_warm_iterator(self) -> Any:
+        """The stream `warm_up` built, if it starts at the current position; else None."""
+        if self._warming is None:
+            return None
+        position, thread, result = self._warming
+        self._warming = None
+        thread.join()
+        return result.get("iterator") if position == self.position else None
+
     def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
         if self._iterator is None:
-            self._iterator = self.dataset().as_numpy_iterator()
+            self._iterator = self._take_warm_iterator() or self.dataset().as_numpy_iterator()
         try:
             batch = next(self._iterator)
         except StopIteration:  # only the failure guard ends the endless stream

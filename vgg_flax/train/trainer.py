@@ -134,6 +134,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     events under tb/ (with the config as hparams), config.json, metrics.png and summary.json.
     """
     from vgg_flax import data  # the input pipeline needs TensorFlow: import it only to train
+    from vgg_flax.data import pipeline  # noqa: F401  # TensorFlow's import: start-up, not training
 
     config = finetune.complete(config)  # fine-tuning: the weights' architecture and inputs
     check_config(config)
@@ -152,6 +153,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     train_iter = data.train_iterator(
         data_config, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh
     )
+    train_iter.warm_up()  # its first batches are made while the model initialises and compiles
     num_classes = train_iter.num_classes
     steps_per_epoch = max(1, train_iter.num_examples // config.batch_size)
     total_steps = config.total_steps or round(config.num_epochs * steps_per_epoch)
@@ -261,7 +263,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     )
     last_eval: dict[str, float] = {}
     images_per_s = math.nan
-    first_step_s = None  # from the start of train() to the end of its first step
+    first_step_s = None  # from `started` (after the imports) to the end of the first step
     with (
         _StopOnSigterm() as stop,
         tqdm(total=total_steps, initial=step, disable=jax.process_index() != 0, unit="step") as bar,
