@@ -7,7 +7,7 @@
   `torch.save`) converted by `vgg-flax convert`, full width, through the `vgg-flax train`
   command line (one subprocess); at 224 from narrow 1000-class weights through the same command
   line in process (the run records its "center" protocol; the weights' record has none); a
-  folder of class subfolders alone, split for you, with `--split val` as the docs say.
+  folder of class subfolders alone, split for you, with no split flag.
 - `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
 - Expected failures print one line and exit 2 (`--debug` or VGG_FLAX_DEBUG=1: the traceback):
   a download offline, bad input (a corrupt .pth, a mistyped override, a missing folder), and,
@@ -193,8 +193,9 @@ def test_a_224_run_from_pretrained_weights_scores_as_reported(
     assert assert_scores_as_reported(workdir, photos)["scales"] == [256]
 
 
-def test_a_folder_split_for_you_scores_as_reported_with_split_val(photos, tmp_path, capsys):
-    # folder/<class>/ alone (docs/training.md): its held-out part is "val", named on both sides.
+def test_a_folder_split_for_you_scores_as_reported_with_no_split_flag(photos, tmp_path, capsys):
+    # folder/<class>/ alone (docs/training.md): its held-out part ("val", also "validation",
+    # the default of both sides) needs no split flag.
     classes = tmp_path / "classes"
     for name in CLASSES:
         (classes / name).mkdir(parents=True)
@@ -206,7 +207,6 @@ def test_a_folder_split_for_you_scores_as_reported_with_split_val(photos, tmp_pa
         *("train", "--config", "digits", "--workdir", str(workdir)),
         "--config.data.source=folder",
         f"--config.data.folder={classes}",
-        "--config.data.eval_split=val",
         f"--config.width={NARROW['width']}",
         *FINETUNE,
         *SMALL_INPUT,
@@ -215,8 +215,8 @@ def test_a_folder_split_for_you_scores_as_reported_with_split_val(photos, tmp_pa
     assert cli.main(command) == 0
     capsys.readouterr()
     held_out = round(12 * 0.2)  # of each class's 12 images, by the default val_fraction
-    result = assert_scores_as_reported(workdir, classes, "--split", "val", examples=2 * held_out)
-    assert result["split"] == "val"
+    result = assert_scores_as_reported(workdir, classes, examples=2 * held_out)
+    assert result["split"] == "validation"
 
 
 @pytest.fixture(scope="module")

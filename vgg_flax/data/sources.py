@@ -133,7 +133,8 @@ def tfds_source(name: str, *, data_dir: str | None = None, manual_dir: str | Non
 
 def folder_source(folder: str, val_fraction: float | None = None) -> Source:
     """Images in `folder/<split>/<class>/<file>` (.jpg/.jpeg/.png), via TFDS's ImageFolder; or in
-    `folder/<class>/<file>`, split into "train" and "val" by `val_fraction` (`folder_split`)."""
+    `folder/<class>/<file>`, split into "train" and "val" (also named "validation") by
+    `val_fraction` (`folder_split`)."""
     if not folder or not os.path.isdir(folder):
         raise ValueError(
             f"folder={folder!r} is not a directory; expected folder/<split>/<class>/<image files> "
@@ -147,6 +148,9 @@ def folder_source(folder: str, val_fraction: float | None = None) -> Source:
 
 def _class_folder_source(folder: str, val_fraction: float | None) -> Source:
     parts, classes = folder_split.split_class_folder(folder, val_fraction)
+    # The held-out part answers to "validation" too: the name the trainer and evaluate default
+    # to for a folder, so a folder split for you needs no split flag.
+    parts = {**parts, "validation": parts["val"]} if "val" in parts else parts
 
     def reader(split, start, stop):
         paths, labels = zip(*parts[split][start:stop], strict=True) if stop > start else ((), ())
