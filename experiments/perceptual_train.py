@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_sample_images
 
 from vgg_flax import parallel
+from vgg_flax.cli import HelpFormatter, entry_point
 from vgg_flax.perceptual.dists import load_dists
 from vgg_flax.perceptual.lpips import load_lpips
 
@@ -57,6 +57,8 @@ class Denoiser(nn.Module):
 
 def crops(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     """`count` random `size` x `size` crops of the two photos, float32 [0, 1]."""
+    from sklearn.datasets import load_sample_images  # the data extra: only when run
+
     photos = [p.astype(np.float32) / 255 for p in load_sample_images().images]
     out = np.empty((count, size, size, 3), np.float32)
     for i in range(count):
@@ -69,24 +71,36 @@ def crops(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's options."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.perceptual_train",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,  # --step is not --steps
+    )
     p.add_argument("--out", default="runs/perceptual_train/", help="output folder")
     p.add_argument("--trunk", default=None, help="vgg16 weights (.pth/checkpoint) or 'random'")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=200, help="training steps")
     p.add_argument("--batch", type=int, default=8, help="global batch (split over devices)")
     p.add_argument("--size", type=int, default=64, help="crop side")
     p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian noise")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--no-bf16", action="store_true", help="run the trunk in float32")
     p.add_argument("--no-remat", action="store_true", help="keep the trunk's activations")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--log-every", type=int, default=10, help="print the loss every N steps")
     p.add_argument(
         "--skip-memory", action="store_true", help="compile only the step used (no comparison)"
     )
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+@entry_point("perceptual_train")
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `train(argv)`; expected failures are one line and exit 2."""
+    train(argv)
+    return 0
+
+
+def train(argv: list[str] | None = None) -> dict:
     """Measure memory with and without remat, train, write the JSON and the loss curve."""
     args = build_parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -191,4 +205,4 @@ def _plot(losses: list[float], path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
