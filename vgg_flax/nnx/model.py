@@ -222,7 +222,6 @@ def create_pretrained(
     """
     from vgg_flax.weights import download
     from vgg_flax.weights.factory import weights_name
-    from vgg_flax.weights.loading import load as load_linen
 
     if pretrained is True:
         if not isinstance(arch, str | None):
@@ -242,15 +241,11 @@ def create_pretrained(
     if isinstance(source, os.PathLike) or os.path.exists(source):
         # vgg_flax.pretrained's rules for a file: its tensors fix the widths; a fresh fc8 for
         # another num_classes, drawn as vgg_flax.pretrained draws it.
-        fixed = [field for field in download._FIXED_BY_WEIGHTS if field in options]
-        if fixed:
-            raise ValueError(
-                f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix "
-                "them); drop the option, or build an untrained model without pretrained="
-            )
+        download.refuse_fixed_fields(options)
         head = options.pop("head", "auto")
-        model, variables, usage = load_linen(source, head=head)
-        loaded = download._adapted(model, variables, usage, num_classes, key, options)
+        loaded = download.load_adapted(
+            source, num_classes=num_classes, key=key, head=head, options=options
+        )
     else:
         loaded = download.pretrained(
             source, num_classes=num_classes, key=key, batch_norm=batch_norm, **options

@@ -280,16 +280,18 @@ def pretrained(
     """
     from vgg_flax.weights.factory import weights_name
 
-    fixed = [field for field in _FIXED_BY_WEIGHTS if field in options]
-    if fixed:
-        raise ValueError(
-            f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix them); "
-            "drop the option, or build an untrained model with vgg_flax.create_model"
-        )
+    refuse_fixed_fields(options)  # before any download
     if hub.is_hub_name(name):
         name = hub.PREFIX + hub.repo_of(name)
-        model, variables, usage = load(name, head=head, revision=revision, cache=cache)
-        return _adapted(model, variables, usage, num_classes, key, options)
+        return load_adapted(
+            name,
+            num_classes=num_classes,
+            key=key,
+            head=head,
+            revision=revision,
+            cache=cache,
+            options=options,
+        )
     if revision is not None:
         raise ValueError(f"revision= is for hub weights ('timm/...'), not {name!r}")
     name = weights_name(name, batch_norm)
@@ -305,8 +307,42 @@ def pretrained(
         path = fetch(
             file, base_url=base_url, cache=cache, progress=progress, size=entry.source.size
         )
-    model, variables, usage = load(path, weights.torchvision_arch(entry), head=head)
-    return _adapted(model, variables, usage, num_classes, key, options)
+    return load_adapted(
+        path,
+        weights.torchvision_arch(entry),
+        num_classes=num_classes,
+        key=key,
+        head=head,
+        options=options,
+    )
+
+
+def refuse_fixed_fields(options: dict[str, Any]) -> None:
+    """Raise ValueError if `options` set a field that pretrained weights' tensors fix."""
+    fixed = [field for field in _FIXED_BY_WEIGHTS if field in options]
+    if fixed:
+        raise ValueError(
+            f"{', '.join(fixed)} cannot be set with pretrained weights (their tensors fix them); "
+            "drop the option, or build an untrained model (vgg_flax.create_model, or no "
+            "pretrained=)"
+        )
+
+
+def load_adapted(
+    source: str | os.PathLike,
+    arch: Any = None,
+    *,
+    num_classes: int | None = None,
+    key: Any = 0,
+    head: str = "auto",
+    options: dict[str, Any] | None = None,
+    **load_options: Any,
+) -> Loaded:
+    """`vgg_flax.load(source, arch, head=head, **load_options)` as `pretrained` returns it:
+    `options` (VGG fields, checked by `refuse_fixed_fields` first) applied, and fc8 replaced by
+    a fresh layer drawn from `key` when `num_classes` differs from the weights' classes."""
+    model, variables, usage = load(source, arch, head=head, **load_options)
+    return _adapted(model, variables, usage, num_classes, key, dict(options or {}))
 
 
 def _adapted(
