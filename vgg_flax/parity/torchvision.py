@@ -353,10 +353,12 @@ def check_train_bn(arch: str, train_bn: bool) -> None:
         )
 
 
-def net_widths(torch_net: Any) -> dict[str, Any]:
-    """`create_model`'s width and head_width of a torchvision VGG (`torch_model`'s narrow nets)."""
-    first = next(m for m in torch_net.features if hasattr(m, "out_channels"))
-    widths = {"width": first.out_channels / 64, "head_width": torch_net.classifier[0].out_features}
+def _net_widths(arch: str, torch_net: Any) -> dict[str, Any]:
+    """`create_model`'s width and head_width of a torchvision `arch` (`torch_model`'s narrow
+    nets); empty at torchvision's own sizes."""
+    full = next(layer.features for layer in layers(resolve(arch)[0]) if layer.kind == "conv")
+    first = next(m.out_channels for m in torch_net.features if hasattr(m, "out_channels"))
+    widths = {"width": first / full, "head_width": torch_net.classifier[0].out_features}
     return {} if widths == {"width": 1.0, "head_width": HEAD_WIDTH} else widths
 
 
@@ -365,7 +367,7 @@ def _ours_of(arch: str, torch_net: Any, **options: Any) -> tuple[Any, dict[str, 
     torchvision's sizes (its shapes checked), else through `flax_layout` at the net's widths."""
     state = torch_net.state_dict()
     num_classes = int(np.shape(state["classifier.6.weight"])[0])
-    widths = net_widths(torch_net)
+    widths = _net_widths(arch, torch_net)
     if widths:
         variables = flax_layout({k: v.numpy() for k, v in state.items()}, arch)
     else:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from vgg_flax.models.arch import NETWORK_STRIDE
 from vgg_flax.models.vgg import VGG
 from vgg_flax.perceptual import frozen
 from vgg_flax.perceptual.dists_weights import STAGE_CHANNELS, load_weights
@@ -33,7 +34,6 @@ from vgg_flax.perceptual.lpips import TAPS, tap_channels
 from vgg_flax.preprocessing import PRESETS, Preset, preprocess
 
 C1 = C2 = 1e-6  # the authors' stabilising constants
-MIN_SIZE = 32  # the smallest side the VGG trunk takes
 
 
 @struct.dataclass
@@ -109,10 +109,10 @@ def _dists(metric: DISTS, x: jax.Array, y: jax.Array) -> jax.Array:
         raise ValueError(
             f"DISTS takes two NHWC batches of RGB images of one size, got {x.shape} and {y.shape}"
         )
-    if min(x.shape[1:3]) < MIN_SIZE:
+    if min(x.shape[1:3]) < NETWORK_STRIDE:  # the smallest side the trunk's five poolings take
         raise ValueError(
-            f"DISTS needs images of at least {MIN_SIZE}x{MIN_SIZE} (the trunk's five poolings), "
-            f"got {x.shape[1]}x{x.shape[2]}; resize them"
+            f"DISTS needs images of at least {NETWORK_STRIDE}x{NETWORK_STRIDE} (the trunk's five "
+            f"poolings), got {x.shape[1]}x{x.shape[2]}; resize them"
         )
 
     def stages(images: jax.Array) -> list[jax.Array]:
