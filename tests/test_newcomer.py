@@ -3,18 +3,20 @@
 - Fine-tuning 1000-class weights on a folder of two classes with the shipped digits config and
   command-line overrides only (docs/training.md, "Your own images"): a fresh fc8 is said in
   one line, and `experiments.evaluate` with no flags beyond the checkpoint and the dataset
-  scores exactly what the run reported: at 32x32 from a torchvision `.pth` (seeded weights,
-  `torch.save`) converted by `vgg-flax convert`, full width, through the `vgg-flax train`
-  command line (one subprocess); at 224 from narrow 1000-class weights through the same command
-  line in process (the run records its "center" protocol; the weights' record has none); a
-  folder of class subfolders alone, split for you, with no split flag.
+  scores exactly what the run reported. The weights: a torchvision VGG-11 `.pth` (torchvision's
+  modules at a narrow net's sizes, seeded weights, `torch.save`) converted by `vgg-flax
+  convert`; trained at 32x32 through the `vgg-flax train` command line (one subprocess) and
+  at the folder source's 224 through the same command line in process (the run records its
+  "center" protocol; the converted weights' record has none). A folder of class subfolders
+  alone, split for you, with no split flag.
 - `vgg_flax.predict` with what `vgg_flax.load` returns answers as `vgg-flax predict` does.
 - Expected failures print one line and exit 2 (`--debug` or VGG_FLAX_DEBUG=1: the traceback):
   a download offline, bad input (a corrupt .pth, a mistyped override, a missing folder), and,
   in a process where the extras' modules cannot be imported, every entry point that needs one
   names the `pip install 'vgg-flax[EXTRA]'` to run.
 
-The other nets are narrow (conv widths / 16, a 16-wide head), the images 40x40 PNGs.
+Every net is narrow (conv widths / 16, a 16-wide head; the converter's full-width shapes are
+tests/test_convert.py's), the images 40x40 PNGs.
 """
 
 from __future__ import annotations
@@ -100,21 +102,36 @@ def assert_scores_as_reported(
     return result
 
 
+# torchvision's vgg11 at NARROW's sizes: make_layers with A's conv widths / 16, and the
+# classifier's three Linears at a 16-wide head; seeded, saved by torch.save.
+SAVE_NARROW_VGG11 = """
+import sys, torch, torchvision
+torch.manual_seed(0)
+net = torchvision.models.vgg11()
+layers = [4, "M", 8, "M", 16, 16, "M", 32, 32, "M", 32, 32, "M"]
+net.features = torchvision.models.vgg.make_layers(layers)
+for index, (fan_in, fan_out) in zip((0, 3, 6), ((32 * 7 * 7, 16), (16, 16), (16, 1000))):
+    net.classifier[index] = torch.nn.Linear(fan_in, fan_out)
+torch.save(net.state_dict(), sys.argv[1])
+"""
+
+
 @pytest.fixture(scope="module")
 def converted_vgg11(tmp_path_factory) -> Path:
-    """torchvision's vgg11 with seeded weights, saved by torch.save, then `vgg-flax convert`ed.
+    """The narrow torchvision vgg11's `.pth`, `vgg-flax convert`ed as docs/training.md shows.
 
     torch runs in a process of its own: this file's other tests do not need it (see conftest).
     """
     folder = tmp_path_factory.mktemp("vgg11")
-    save = (
-        "import sys, torch, torchvision; torch.manual_seed(0); "
-        "torch.save(torchvision.models.vgg11().state_dict(), sys.argv[1])"
-    )
-    subprocess.run([sys.executable, "-c", save, str(folder / "vgg11.pth")], check=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(["convert", "vgg11", str(folder / "vgg11.pth"), str(folder / "ckpt")]) == 0
-    (folder / "vgg11.pth").unlink()
+    pth = folder / "vgg11.pth"
+    subprocess.run([sys.executable, "-c", SAVE_NARROW_VGG11, str(pth)], check=True)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["convert", str(pth), str(folder / "ckpt")]) == 0
+    assert "wrote VGG A (with head" in out.getvalue()
+    pth.unlink()
+    usage = vgg_flax.load(folder / "ckpt").usage
+    assert usage.architecture["width"] == NARROW["width"] and usage.eval_protocol is None
     return folder / "ckpt"
 
 
@@ -133,20 +150,28 @@ def test_every_shipped_config_takes_own_data_from_the_command_line(mode):
         assert not missing, (name, mode, missing)
 
 
+def finetune_command(workdir: Path, photos: Path, weights: Path) -> list[str]:
+    """docs/training.md's fine-tuning command, at NARROW's widths (those of the weights)."""
+    return [
+        *("train", "--config", "digits", "--workdir", str(workdir)),
+        "--config.data.source=folder",
+        f"--config.data.folder={photos}",
+        f"--config.init_from={weights}",
+        f"--config.width={NARROW['width']}",
+        *FINETUNE,
+    ]
+
+
 @pytest.mark.torch
 def test_finetune_a_converted_pth_on_a_folder_at_32_from_the_command_line(
     photos, converted_vgg11, tmp_path
 ):
-    # The docs' commands as they are, at full width (a converted .pth is torchvision's net),
-    # with the small-input flags, a short run and steps saved without momentum (half the disk).
+    # The docs' commands, with the small-input flags, a short run and steps saved without
+    # momentum (half the disk).
     workdir = tmp_path / "run"
     command = [
-        *("train", "--config", "digits", "--workdir", str(workdir)),
-        "--config.data.source=folder",
-        f"--config.data.folder={photos}",
-        f"--config.init_from={converted_vgg11}",
+        *finetune_command(workdir, photos, converted_vgg11),
         "--config.checkpoint.optimizer_state=False",
-        *(flag for flag in FINETUNE if not flag.startswith("--config.head_width")),
         *SMALL_INPUT,
     ]
     done = subprocess.run(
@@ -167,22 +192,14 @@ def test_finetune_a_converted_pth_on_a_folder_at_32_from_the_command_line(
     assert_scores_as_reported(workdir, photos)
 
 
-def test_a_224_run_from_pretrained_weights_scores_as_reported(
-    photos, imagenet_like, tmp_path, capsys
+@pytest.mark.torch
+def test_finetune_a_converted_pth_at_224_scores_as_reported(
+    photos, converted_vgg11, tmp_path, capsys
 ):
-    # The same command line at the folder source's own 224 (S=256), from 1000-class weights
-    # (narrow: a converted .pth is full width, 37 s of CPU at 224) whose record has no protocol:
-    # evaluated by themselves they would get the dense protocol with flips.
-    assert vgg_flax.load(imagenet_like[0]).usage.eval_protocol is None
+    # The same command line at the folder source's own 224 (S=256). The converted weights'
+    # record has no protocol: evaluated by themselves they would get the dense one with flips.
     workdir = tmp_path / "run224"
-    command = [
-        *("train", "--config", "digits", "--workdir", str(workdir)),
-        "--config.data.source=folder",
-        f"--config.data.folder={photos}",
-        f"--config.init_from={imagenet_like[0]}",
-        f"--config.width={NARROW['width']}",
-        *FINETUNE,
-    ]
+    command = finetune_command(workdir, photos, converted_vgg11)
     command[command.index("--config.total_steps=3")] = "--config.total_steps=2"
     assert cli.main(command) == 0
     out, err = capsys.readouterr()

@@ -61,10 +61,19 @@ def torchvision_modules(arch: str) -> dict[str, str]:
     return modules | {f"classifier.{index}": name for index, name in _CLASSIFIER.items()}
 
 
-def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...]:
-    """Every tensor of torchvision's `arch` state dict (without num_batches_tracked), in order."""
+def torchvision_entries(
+    arch: str,
+    num_classes: int = 1000,
+    *,
+    width: float = 1.0,
+    head_width: int = arch_lib.HEAD_WIDTH,
+) -> tuple[_Entry, ...]:
+    """Every tensor of torchvision's `arch` state dict (without num_batches_tracked), in order.
+
+    `width` and `head_width` are `create_model`'s: torchvision's modules at a narrow net's sizes.
+    """
     config, _ = _resolve(arch)
-    convs = {layer.name: layer for layer in arch_lib.layers(config)}
+    convs = {layer.name: layer for layer in arch_lib.layers(config, width)}
     entries: list[_Entry] = []
     channels = 3
     for path, name in torchvision_modules(arch).items():
@@ -80,7 +89,7 @@ def torchvision_entries(arch: str, num_classes: int = 1000) -> tuple[_Entry, ...
                 key = f"{path}.{torch_name}"
                 entries.append(_Entry(key, (channels,), collection, name, ours, "vector"))
         elif name in _HEAD:
-            layer, fan_out = _HEAD[name], arch_lib.HEAD_WIDTH if name != "logits" else num_classes
+            layer, fan_out = _HEAD[name], head_width if name != "logits" else num_classes
             fan_in = channels * (arch_lib.HEAD_INPUT_SIZE**2 if layer == "fc6" else 1)
             kind = "fc6" if layer == "fc6" else "fc"
             shape = (fan_out, fan_in)
@@ -122,7 +131,7 @@ def from_torchvision(
     state = _normalise(loaded)
     del loaded
     arch = arch or infer_arch(state)
-    entries = torchvision_entries(arch, _num_classes(state))
+    entries = _entries_of(state, arch)
     _check(state, entries, arch)
     _check_values(state, entries)
     if head != "drop" and not _head_is_finite(state, entries):
@@ -164,8 +173,7 @@ def to_torchvision(
             "these variables have no fc8 (a features-only conversion?); torchvision's VGG needs "
             "the whole classifier"
         )
-    num_classes = int(np.shape(params["fc8"]["bias"])[0])
-    entries = torchvision_entries(arch, num_classes)
+    entries = torchvision_entries(arch, **model_fields(arch, params))
     state: dict[str, np.ndarray] = {}
     missing, wrong = [], []
     for entry in entries:
@@ -237,9 +245,23 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _num_classes(state: Mapping[str, np.ndarray]) -> int:
-    fc8 = state.get("classifier.6.weight")
-    return int(fc8.shape[0]) if fc8 is not None and fc8.ndim == 2 else 1000
+def model_fields(arch: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model`'s `num_classes` (and `width`, `head_width` where not torchvision's) of
+    vgg-flax `params` converted from torchvision's `arch` (a features-only set: 1000 classes)."""
+    fields = arch_lib.widths_of(_resolve(arch)[0], params)
+    fields["num_classes"] = int(np.shape(params["fc8"]["bias"])[0]) if "fc8" in params else 1000
+    return fields
+
+
+def _entries_of(state: Mapping[str, np.ndarray], arch: str) -> tuple[_Entry, ...]:
+    """`arch`'s entries at the sizes `state` has: a narrow net's tensors are checked at its own
+    width (read from its biases, whose shape is the same in both layouts), every one of them."""
+    biases: dict[str, dict[str, np.ndarray]] = {}
+    for entry in torchvision_entries(arch):
+        value = state.get(entry.key) if entry.collection == "params" else None
+        if entry.name == "bias" and value is not None and np.ndim(value) == 1 and np.size(value):
+            biases[entry.layer] = {"bias": value}  # others: left to _check's message
+    return torchvision_entries(arch, **model_fields(arch, biases))
 
 
 def _check(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...], arch: str) -> None:
@@ -264,8 +286,7 @@ def _check(state: Mapping[str, np.ndarray], entries: tuple[_Entry, ...], arch: s
 def _guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
     shapes = {key: tuple(np.shape(value)) for key, value in state.items()}
     for arch in arch_lib.TORCHVISION_ARCHS:
-        entries = torchvision_entries(arch, _num_classes(state))
-        if shapes == {entry.key: entry.shape for entry in entries}:
+        if shapes == {entry.key: entry.shape for entry in _entries_of(state, arch)}:
             return arch
     return None
 

@@ -11,7 +11,10 @@ facts these lists and counts come from.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 Entry = int | str
 LayerList = tuple[Entry, ...]
@@ -138,6 +141,27 @@ def layers(arch: str | Sequence[Entry], width: float = 1.0) -> tuple[Layer, ...]
                 kernel, features = 3, entry
             out.append(Layer("conv", f"conv{block}_{index}", scaled(features, width), kernel))
     return tuple(out)
+
+
+def widths_of(arch: str | Sequence[Entry], params: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model`'s `width` and `head_width` that `params` (vgg-flax layer names) have.
+
+    Read from two biases, which have the same shape in every layout: the trunk's last conv
+    (its widest, so the finest measure of the multiplier) and fc6 (absent: the default head).
+    Only fields that differ from the paper's sizes are returned; a net made with another width
+    is not always told apart by two tensors, so callers check every shape at these widths.
+    """
+    last = [layer for layer in layers(arch) if layer.kind == "conv"][-1]
+    widths: dict[str, Any] = {}
+    if last.name in params and "bias" in params[last.name]:
+        channels = int(np.shape(params[last.name]["bias"])[0])
+        if channels != last.features:
+            widths["width"] = channels / last.features
+    if "fc6" in params and "bias" in params["fc6"]:
+        units = int(np.shape(params["fc6"]["bias"])[0])
+        if units != HEAD_WIDTH:
+            widths["head_width"] = units
+    return widths
 
 
 def activation_names(arch: str | Sequence[Entry], batch_norm: bool = False) -> tuple[str, ...]:

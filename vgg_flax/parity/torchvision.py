@@ -23,6 +23,7 @@ import numpy as np
 
 from vgg_flax.formats.torchvision import (
     from_torchvision,
+    model_fields,
     to_flax_layout,
     to_torch_layout,
     torchvision_entries,
@@ -286,16 +287,9 @@ def torch_model(
 
 
 def flax_layout(state: Mapping[str, Any], arch: str, dtype: Any = None) -> dict[str, Any]:
-    """The inverse of `torch_layout`: Flax variables of a torchvision state dict, any head width.
-
-    Unlike `convert.from_torchvision` it checks no shapes (for nets `torch_model` built).
-    """
-    variables: dict[str, Any] = {}
-    for entry in torchvision_entries(arch):  # keys and layouts only
-        value = to_flax_layout(np.asarray(state[entry.key]), entry.kind)
-        value = value if dtype is None else value.astype(dtype, copy=False)
-        variables.setdefault(entry.collection, {}).setdefault(entry.layer, {})[entry.name] = value
-    return variables
+    """The inverse of `torch_layout`: `from_torchvision` with the head kept, at the widths of
+    the net (`torch_model`'s narrow nets too)."""
+    return from_torchvision(state, arch, head="keep", dtype=dtype)
 
 
 def compare(
@@ -353,27 +347,11 @@ def check_train_bn(arch: str, train_bn: bool) -> None:
         )
 
 
-def _net_widths(arch: str, torch_net: Any) -> dict[str, Any]:
-    """`create_model`'s width and head_width of a torchvision `arch` (`torch_model`'s narrow
-    nets); empty at torchvision's own sizes."""
-    full = next(layer.features for layer in layers(resolve(arch)[0]) if layer.kind == "conv")
-    first = next(m.out_channels for m in torch_net.features if hasattr(m, "out_channels"))
-    widths = {"width": first / full, "head_width": torch_net.classifier[0].out_features}
-    return {} if widths == {"width": 1.0, "head_width": HEAD_WIDTH} else widths
-
-
 def _ours_of(arch: str, torch_net: Any, **options: Any) -> tuple[Any, dict[str, Any]]:
-    """vgg-flax's `(model, variables)` of a torchvision net: through the converter when it has
-    torchvision's sizes (its shapes checked), else through `flax_layout` at the net's widths."""
-    state = torch_net.state_dict()
-    num_classes = int(np.shape(state["classifier.6.weight"])[0])
-    widths = _net_widths(arch, torch_net)
-    if widths:
-        variables = flax_layout({k: v.numpy() for k, v in state.items()}, arch)
-    else:
-        variables = from_torchvision(state, arch, head="keep")
-    model = create_model(arch, num_classes=num_classes, dropout_rate=0.0, **widths, **options)
-    return model, variables
+    """vgg-flax's `(model, variables)` of a torchvision net, at its widths, its shapes checked."""
+    variables = from_torchvision(torch_net.state_dict(), arch, head="keep")
+    fields = model_fields(arch, variables["params"])
+    return create_model(arch, dropout_rate=0.0, **fields, **options), variables
 
 
 def gradient_differences(

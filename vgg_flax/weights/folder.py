@@ -26,7 +26,12 @@ from vgg_flax.formats import timm
 from vgg_flax.formats.foreign import architecture_of_params
 from vgg_flax.formats.pth import _open_regular
 from vgg_flax.formats.safetensors import LAYOUTS, read_safetensors, write_safetensors
-from vgg_flax.formats.torchvision import from_torchvision, infer_arch, to_torchvision
+from vgg_flax.formats.torchvision import (
+    from_torchvision,
+    infer_arch,
+    model_fields,
+    to_torchvision,
+)
 from vgg_flax.models import arch as arch_lib
 from vgg_flax.models.vgg import VGG, architecture, create_model
 from vgg_flax.weights import usage as usage_lib
@@ -104,9 +109,7 @@ def read(
         found = arch or infer_arch(state)
         variables = from_torchvision(state, found, head=head, dtype=dtype)
         del tensors, state
-        params = variables["params"]
-        classes = int(params["fc8"]["bias"].shape[0]) if "fc8" in params else 1000
-        spec = architecture(create_model(found, num_classes=classes))
+        spec = architecture(create_model(found, **model_fields(found, variables["params"])))
     if record:
         usage = dataclasses.replace(usage_lib.from_metadata(record, where=path), architecture=spec)
     elif config:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from vgg_flax.formats import foreign
 from vgg_flax.formats.pth import load_pth
-from vgg_flax.formats.torchvision import from_torchvision, infer_arch
+from vgg_flax.formats.torchvision import from_torchvision, infer_arch, model_fields
 from vgg_flax.models import arch as arch_lib
 from vgg_flax.models.vgg import VGG, architecture, create_model
 from vgg_flax.preprocessing import get_preset
@@ -90,9 +90,7 @@ def load(
     elif isinstance(source, Mapping) or _is_pth(source):
         arch = arch or _infer(source)
         variables = from_torchvision(source, arch, head=head, dtype=param_dtype)
-        params = variables["params"]
-        num_classes = int(params["fc8"]["bias"].shape[0]) if "fc8" in params else 1000
-        model = create_model(arch, num_classes=num_classes, **options)
+        model = create_model(arch, **model_fields(arch, variables["params"]), **options)
         name = None if isinstance(source, Mapping) else os.path.basename(os.fspath(source))
         usage = (name and registry.entry_for_file(name)) or Usage(architecture(model))
     else:
