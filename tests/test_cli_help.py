@@ -75,12 +75,7 @@ def test_no_option_states_its_default_twice():
             assert "(default: None)" not in text and "(default: False)" not in text
 
 
-# The subcommands whose every option must say what it does (features, probe and similarity
-# belong to tests of their own).
-DOCUMENTED = "summary convert parity prepare-data predict export train evaluate reproduce".split()
-
-
-@pytest.mark.parametrize("name", DOCUMENTED)
+@pytest.mark.parametrize("name", sorted(subcommands()))
 def test_every_option_has_help(name):
     helps = option_helps(subcommands()[name])
     assert helps and all(text.strip() for text in helps.values()), helps

@@ -43,8 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="test scales (smaller side); default 256 384 512, in proportion for nets trained "
         "on crops under 224",
     )
-    parser.add_argument("--aggregate", choices=AGGREGATES, default="average")
-    parser.add_argument("--layer", choices=LAYERS, default="relu7")
+    parser.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="average",
+        help="the scales' descriptors averaged, or stacked (Q times as long)",
+    )
+    parser.add_argument(
+        "--layer", choices=LAYERS, default="relu7", help="the activation the descriptors are of"
+    )
     parser.add_argument("--no-flips", action="store_true", help="no horizontal flip average")
     parser.add_argument(
         "--preprocessing", choices=list(PRESETS), help="default: the weights' recorded one"

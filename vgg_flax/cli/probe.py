@@ -22,13 +22,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("features", help="training descriptors (.npz from vgg-flax features)")
     parser.add_argument("--test", help="test descriptors (.npz); default: hold out a fraction")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--classifier", choices=CLASSIFIERS, default="svm")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="without --test: the stratified share of FEATS held out for testing",
+    )
+    parser.add_argument(
+        "--classifier",
+        choices=CLASSIFIERS,
+        default="svm",
+        help="a linear SVM (the paper's) or logistic regression",
+    )
     parser.add_argument("--C", type=float, help="the regularisation C (default: chosen)")
     parser.add_argument(
         "--Cs", type=float, nargs="+", default=list(DEFAULT_CS), help="candidate values of C"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the random seed of the held-out splits and the classifier",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
