@@ -380,6 +380,7 @@ NEEDS_EXTRA = {
     "experiments.reproduce_tables": ("data", ["--checkpoint", "M@256", "--dataset", "digits"]),
     "experiments.dataset_stats": ("data", ["--source", "digits"]),
     "experiments.perceptual_example": ("data", ["--trunk", "M", "--out", "W/perceptual"]),
+    "experiments.perceptual_train": ("data", ["--trunk", "random", "--out", "W/denoiser"]),
     "vgg-flax train": ("data", ["train", "--config", "digits", "--workdir", "W/cli_train"]),
     "vgg-flax evaluate": ("data", ["evaluate", "--checkpoint", "M", "--dataset", "digits"]),
     "vgg-flax reproduce": ("data", ["reproduce", "--checkpoint", "M@256", "--dataset", "digits"]),
