@@ -372,6 +372,21 @@ def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
     assert said in line and "--weights" not in line, line
 
 
+def test_a_process_that_loads_tensorflow_writes_one_line(tmp_path):
+    # At the file descriptor, where TensorFlow's native start-up notices would go.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from vgg_flax.cli import main; sys.exit(main())"]
+        + [*TRAIN, "--config.data.source=folder", "--config.data.folder=nothing"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        timeout=300,
+    )
+    assert done.returncode == 2 and "tensorflow" not in done.stdout
+    assert one_line_error(done.stderr).startswith("train: error: folder='nothing'")
+
+
 # Each entry point that needs an extra, with arguments that reach the import; run where the
 # extras' modules cannot be imported (BLOCKER), as after `pip install -e .` alone.
 NEEDS_EXTRA = {

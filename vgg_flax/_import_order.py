@@ -1,4 +1,5 @@
-"""TensorFlow beside torch: load triton before TensorFlow, or refuse it later with the fix.
+"""TensorFlow beside torch: load triton before TensorFlow, or refuse it later with the fix; and
+TensorFlow imported without its start-up notices.
 
 Loading triton (which torch imports when installed, and torchvision, torch.compile, ...) after
 TensorFlow kills the process with a segmentation fault; loaded first, both work
@@ -10,7 +11,11 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
+import re
 import sys
+import tempfile
+from types import ModuleType
 
 FIX = (
     "import torch and torchvision before TensorFlow (before tensorflow, tensorflow_datasets or "
@@ -52,3 +57,42 @@ def prepare_for_tensorflow() -> None:
         except Exception:  # a broken triton: refuse it below rather than crash later
             pass
     sys.meta_path.insert(0, _RefuseTriton())
+
+
+# TensorFlow's start-up notices: INFO lines (oneDNN, CPU features) that its native libraries
+# write to stderr before its log level applies, and absl's line announcing them.
+_NOTICE = re.compile(
+    r"I\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following "
+)
+
+
+def import_tensorflow() -> ModuleType:
+    """`tensorflow`, imported once (after `prepare_for_tensorflow`) without its start-up notices.
+
+    They would stand before a command's one-line error in every terminal. Any other line
+    TensorFlow writes while importing still reaches stderr; TF_CPP_MIN_LOG_LEVEL=0 shows them
+    all (the default here is 2: warnings and errors only, later too).
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    prepare_for_tensorflow()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        import tensorflow
+
+        return tensorflow
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)  # the native libraries write to the file descriptor, not sys.stderr
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _NOTICE.match(line))
+            if kept:
+                os.write(2, kept.encode())
+    return tensorflow

@@ -22,12 +22,12 @@ from typing import Any
 
 import jax
 import numpy as np
-import tensorflow as tf
 from jax.sharding import Mesh
 
 from vgg_flax import parallel
 from vgg_flax.data import config as config_lib
 from vgg_flax.data import preprocess, sources
+from vgg_flax.data._tf import tf
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import tensorflow as tf
-
 from vgg_flax import preprocessing
+from vgg_flax.data._tf import tf
 
 # libjpeg's accurate integer DCT decodes exactly as PIL (and so torchvision) does; TensorFlow's
 # default (the fast DCT) differs by up to 6 levels.

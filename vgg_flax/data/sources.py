@@ -12,10 +12,9 @@ import os
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from vgg_flax.data import downloads, folder_split
+from vgg_flax.data._tf import tf, tfds
 
 DIGITS_SPLITS = {"train": 1437, "test": 360}  # scikit-learn's 1,797 digits, split 80/20
 DIGITS_SPLIT_SEED = 0

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from vgg_flax.data import config as config_lib
 from vgg_flax.data import pipeline, preprocess
+from vgg_flax.data._tf import tf
 
 
 def _moments(image: tf.Tensor) -> dict[str, tf.Tensor]:

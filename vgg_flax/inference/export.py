@@ -87,7 +87,9 @@ def export_savedmodel(
     The weights are TensorFlow variables; `serve(images)` (and the "serving_default"
     signature) takes float32 images of shape (batch, image_size, image_size, 3).
     """
-    import tensorflow as tf  # the `data` extra; only this export needs it
+    from vgg_flax._import_order import import_tensorflow
+
+    tf = import_tensorflow()  # the `data` extra; only this export needs it
     from jax.experimental import jax2tf
 
     _input_spec(image_size, None)  # checks the size
