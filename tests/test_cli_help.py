@@ -98,6 +98,7 @@ def test_a_default_of_zero_is_shown():
             "--protocol",
         ),
         (["train", "--config", "digits", "--work", "w"], "vgg-flax train", "--workdir"),
+        (["export", "m", "o", "--image-size", "0"], "vgg-flax export", "a positive side (224)"),
     ],
 )
 def test_typos_and_abbreviations_get_the_subcommands_usage(argv, usage, said, capsys):

@@ -23,8 +23,10 @@ def image_size(text: str) -> int | tuple[int, int]:
         sides = [int(side) for side in text.lower().split("x")]
     except ValueError:
         sides = []
-    if len(sides) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected a side (224) or HxW (97x131), got {text!r}")
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive side (224) or HxW (97x131), got {text!r}"
+        )
     return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
