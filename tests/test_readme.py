@@ -6,11 +6,14 @@ new pages, are covered too:
 - Shell blocks (```sh, ```bash, ```shell, ```console or unlabelled): each command, counted once
   across all the pages. Quick ones run for real from a scratch folder laid out like a checkout
   after `make demo` (runs/demo and runs/narrow from one tiny training run, experiments/ and
-  .venv/ linked, photo.jpg and photos/ generated); their exit status must be 0. Slow ones are
-  listed in SLOW with the reason (a full training run, ImageNet, a download); for those the
-  command line itself is checked: every flag parses (argparse, absl config fields), make targets
-  exist, test files exist, other programs answer --help. Commands quoted inline in the prose
-  (with placeholders such as DIR) are checked the same way.
+  .venv/ linked, photo.jpg and photos/ generated); their exit status must be 0. A `vgg-flax ...`
+  or `python -m MODULE ...` command without shell syntax runs in this process (`in_process`),
+  as its console script or `python -m` runs it, which spares a fresh interpreter's start-up
+  (JAX, TensorFlow); any other command runs in bash. Slow ones are listed in SLOW with the
+  reason (a full training run, ImageNet, a download); for those the command line itself is
+  checked: every flag parses (argparse, absl config fields, TensorBoard's own parser), make
+  targets exist, test files exist, scripts and other programs answer --help. Commands quoted
+  inline in the prose (with placeholders such as DIR) are checked the same way.
 - Python blocks: each runs in a fresh namespace in that scratch folder, unless PY_SLOW lists why
   it cannot (a download, ILSVRC-2012); those are compiled, and every module they import and
   every `vgg_flax.NAME` they use must exist. CHECKS adds assertions on what a block computes.
@@ -21,12 +24,16 @@ new pages, are covered too:
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
+import io
 import os
 import pathlib
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -285,27 +292,86 @@ def checkout(tmp_path_factory, digits_run) -> pathlib.Path:
     return root
 
 
+# Characters that make a command need a shell (pipes, redirections, expansions, quoting).
+SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~{}\[\]'\"\\]|^\w+=")
+
+
+def in_process(command: str) -> list[str] | None:
+    """`command`'s argv when this process can run it as its own program would, else None.
+
+    `vgg-flax ARGS` is the console script of pyproject.toml; `[.venv/bin/]python -m MODULE ARGS`
+    is this environment's interpreter (the scratch checkout's .venv links to it; PATH puts its
+    bin/ first) running MODULE as `python -m` does. Shell syntax needs bash (a subprocess).
+    """
+    if SHELL_SYNTAX.search(command):
+        return None
+    argv = command.split()
+    if argv[0] == "vgg-flax":
+        return argv
+    if re.fullmatch(r"(\.venv/bin/)?python3?", argv[0]) and argv[1:2] == ["-m"] and argv[2:]:
+        return argv
+    return None
+
+
+def exit_status(code: object) -> int:
+    """The exit status of `sys.exit(code)`."""
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def run_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run `in_process`'s argv here as its program would run it; its exit status."""
+    if argv[0] == "vgg-flax":
+        (script,) = importlib.metadata.entry_points(group="console_scripts", name="vgg-flax")
+        monkeypatch.setattr(sys, "argv", argv)
+
+        def program():  # what the installed script does
+            sys.exit(script.load()())
+    else:
+        module = argv[2]
+        monkeypatch.setattr(sys, "argv", [module, *argv[3:]])  # runpy puts the file first
+        monkeypatch.delitem(sys.modules, module, raising=False)  # executed afresh, as __main__
+
+        def program():
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+    found = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=os.environ["PATH"])
+    assert found, f"{argv[0]} is not on PATH"
+    if argv[0] != "vgg-flax":  # the interpreter running this test
+        assert os.path.samefile(found, sys.executable), f"{argv[0]} is {found}"
+    try:
+        program()
+    except SystemExit as stop:
+        return exit_status(stop.code)
+    return 0
+
+
 @pytest.mark.parametrize("command", QUICK)
-def test_quick_command_runs(command, checkout):
+def test_quick_command_runs(command, checkout, monkeypatch, capfd):
     """Every quick command exits 0 (its page: SOURCES[command])."""
     env = {
-        **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "VGG_FLAX_CACHE": str(checkout / "cache"),
     }
-    done = subprocess.run(
-        ["bash", "-c", command],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, (
-        f"{SOURCES[command]}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    )
+    argv = in_process(command)
+    if argv is not None:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(checkout)
+        status = run_in_process(argv, monkeypatch)
+        out, err = capfd.readouterr()
+    else:
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=checkout,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        status, out, err = done.returncode, done.stdout, done.stderr
+    assert status == 0, f"{SOURCES[command]}: {command}\n{out[-2000:]}\n{err[-3000:]}"
 
 
 @pytest.mark.parametrize("block", RUN_PY, ids=lambda b: b.where)
@@ -368,10 +434,8 @@ def test_slow_command_parses(command):
     elif program == "vgg-flax":
         parse(command, lambda: importlib.import_module("vgg_flax.cli").build_parser(), argv[1:])
     elif program.startswith("python") and argv[1].endswith(".py"):
-        done = subprocess.run(
-            [sys.executable, argv[1], "--help"], cwd=ROOT, capture_output=True, text=True
-        )
-        assert done.returncode == 0, f"{command}: --help failed: {done.stderr[-1000:]}"
+        problem = script_help_fails(argv[1])
+        assert problem is None, f"{command}: --help failed: {problem}"
     elif program.startswith("python") and argv[1:3] == ["-m", "pytest"]:
         paths = [arg.split("::")[0] for arg in argv[3:] if not arg.startswith("-")]
         missing = [path for path in paths if not (ROOT / path).exists()]
@@ -382,9 +446,53 @@ def test_slow_command_parses(command):
             parse(command, module.build_parser, argv[3:])
         else:
             check_absl_flags(command, argv[2], argv[3:])
+    elif program == "tensorboard":
+        check_tensorboard(command, argv)
     else:
         problem = help_fails(argv[0])
         assert problem is None, f"{command}: {argv[0]} --help failed: {problem}"
+
+
+@functools.cache  # a script quoted several times answers once
+def script_help_fails(script: str) -> str | None:
+    """Why `python SCRIPT --help` fails (None: it exits 0 with its usage), run in this process
+    as `python SCRIPT` runs it: as __main__, its folder first on sys.path. What it imports from
+    its folder (the benchmarks' `models`, `evaluate`) is set aside afterwards, and any module of
+    this process with such a name is hidden from it meanwhile."""
+    path = ROOT / script
+    own = {p.stem if p.suffix == ".py" else p.name for p in path.parent.iterdir()}
+    hidden = {name: sys.modules.pop(name) for name in own if name in sys.modules}
+    before, saved_path, saved_argv = set(sys.modules), sys.path[:], sys.argv
+    sys.path.insert(0, str(path.parent))
+    sys.argv = [str(path), "--help"]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(path), run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = exit_status(stop.code)
+    finally:
+        sys.path[:], sys.argv = saved_path, saved_argv
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in own:
+                del sys.modules[name]
+        sys.modules.update(hidden)
+    if status == 0 and "usage:" in out.getvalue():
+        return None
+    return f"exit {status}: {err.getvalue()[-1000:]}"
+
+
+def check_tensorboard(command: str, argv: list[str]) -> None:
+    """The `tensorboard` program is installed and its own parser takes the documented flags
+    (tensorboard.program, which its console script runs; no server is started)."""
+    assert shutil.which("tensorboard", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    from tensorboard import program
+
+    try:
+        program.TensorBoard().configure(argv=argv)
+    except SystemExit as stop:
+        pytest.fail(f"the docs' `{command}` does not parse (exit {stop.code})")
 
 
 @functools.cache  # a program quoted several times answers once
