@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import train_tiny
+from test_export import random_variables
 
 import vgg_flax
 from experiments import evaluate as evaluate_cli
@@ -59,29 +60,22 @@ def test_model_records_what_using_it_needs(run):
         assert usage.class_names == tuple(str(digit) for digit in range(10))
 
 
-def test_documented_command_gives_the_training_runs_accuracy(run):
+def test_documented_command_gives_the_training_runs_accuracy(run, monkeypatch, capsys):
+    """The command runs in this process, as `python -m` runs the module (`runpy`): a process of
+    its own would start Python, JAX and TensorFlow again for the same code (tests/test_faults.py
+    and tests/test_standalone.py run experiments/evaluate.py in processes of their own)."""
     workdir, summary = run
     assert summary["eval"]["accuracy"] > 0.5, summary  # learnt: the errors are not chance
     written = json.loads((workdir / "summary.json").read_text())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.evaluate",
-            "--checkpoint",
-            str(workdir / "model"),
-            "--dataset",
-            "digits",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    monkeypatch.chdir(ROOT)
+    argv = ["--checkpoint", str(workdir / "model"), "--dataset", "digits"]
+    monkeypatch.setattr(sys, "argv", ["experiments.evaluate", *argv])
+    monkeypatch.delitem(sys.modules, "experiments.evaluate", raising=False)  # run afresh
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("experiments.evaluate", run_name="__main__", alter_sys=True)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
     # The protocol the run evaluated with (its usage record says "center"), at its own size.
     assert (result["protocol"], result["scales"], result["flips"]) == ("center", [32], False)
     assert errors_from_result(result) == errors_from_training(written)
@@ -113,7 +107,7 @@ def test_dense_evaluation_at_the_trained_size_folds_the_adaptive_pooling():
     """A 32x32-trained net on a 64x64 view: the mean over pool5's 2x2 positions of its classifier
     head applied to each position (its 1x1 map averaged up to 7x7, as in training)."""
     model = vgg_flax.create_model("A", batch_norm=True, num_classes=10, **train_tiny.TINY)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = random_variables(model)  # non-zero biases and statistics, drawn with NumPy
     params = variables["params"]
     images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     scorer = protocols.scorer(model, variables, 32)
