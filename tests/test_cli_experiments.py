@@ -3,8 +3,9 @@ no top-level package named `experiments` into site-packages (experiments/ instal
 `vgg_flax.experiments`, pyproject.toml's package-dir).
 
 The wheel is built from a copy of the checkout and installed into a scratch folder, so the
-installed commands are tested without the checkout on the path; the checkout's own use (its
-folder on PYTHONPATH, as this environment runs) is tested too.
+installed commands are tested without the checkout on the path, each in a process of its own;
+the checkout's own use (its folder on the path, as PYTHONPATH puts it for this environment's
+commands) is tested too, in this process, which has the checkout on its path.
 """
 
 from __future__ import annotations
@@ -124,10 +125,30 @@ def test_installed_train_runs_a_shipped_config_from_any_folder(installed, tmp_pa
     assert '"width": 0.125' in (tmp_path / "run" / "config.json").read_text()
 
 
+def run_in_checkout(args: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`vgg-flax ARGS` in `cwd` from the checkout, in this process (as the console script runs
+    `main`): its `experiments` is the checkout's, as in a process with it on PYTHONPATH."""
+    import experiments
+    from vgg_flax.cli import main
+
+    assert Path(experiments.__file__).parent == ROOT / "experiments"
+    monkeypatch.chdir(cwd)
+    try:
+        code = main(args)
+    except SystemExit as stop:  # --help, argparse's errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 @pytest.mark.parametrize("command", ["evaluate", "reproduce", "train"])
 @pytest.mark.parametrize("where", ["installed", "checkout"])
-def test_help_from_any_folder(command, where, installed, tmp_path):
-    done = run_vgg_flax([command, "--help"], tmp_path, installed if where == "installed" else ROOT)
+def test_help_from_any_folder(command, where, request, tmp_path, monkeypatch, capsys):
+    args = [command, "--help"]
+    if where == "installed":
+        done = run_vgg_flax(args, tmp_path, request.getfixturevalue("installed"))
+    else:
+        done = run_in_checkout(args, tmp_path, monkeypatch, capsys)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"usage: vgg-flax {command}" in done.stdout
     assert ("--checkpoint" if command != "train" else "--config") in done.stdout
@@ -137,15 +158,20 @@ def test_help_from_any_folder(command, where, installed, tmp_path):
         assert "top-level experiments imported: False" in done.stdout
 
 
-def test_checkout_train_loads_configs_by_name_and_path_from_any_folder(tmp_path):
+def test_checkout_train_loads_configs_by_name_and_path_from_any_folder(
+    tmp_path, monkeypatch, capsys
+):
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return run_in_checkout(args, tmp_path, monkeypatch, capsys)
+
     # A field the config lacks: absl stops after loading the config, before any training.
     for config in ("digits:local", str(ROOT / "experiments" / "configs" / "a_256.py:local")):
-        args = ["train", "--config", config, "--workdir", "w", "--config.no_such_field=1"]
-        done = run_vgg_flax(args, tmp_path, ROOT)
+        done = run(["train", "--config", config, "--workdir", "w", "--config.no_such_field=1"])
         assert done.returncode == 2, done.stderr[-3000:]
         assert "no field 'no_such_field'" in done.stderr
-    done = run_vgg_flax(["train", "--config", "nonesuch", "--workdir", "w"], tmp_path, ROOT)
+    done = run(["train", "--config", "nonesuch", "--workdir", "w"])
     assert done.returncode == 2 and "neither a file nor a shipped config" in done.stderr
     assert "digits" in done.stderr  # the names it would take
-    done = run_vgg_flax(["train", "--config", "digits"], tmp_path, ROOT)
+    done = run(["train", "--config", "digits"])
     assert done.returncode == 2 and "--workdir" in done.stderr  # argparse, before absl
+    assert not (tmp_path / "w").exists()  # nothing trained
