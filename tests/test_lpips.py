@@ -54,12 +54,10 @@ def _photos(scale: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("version", ["0.1", "0.0"])
 def test_distances_match_lpips_on_photos_and_random_images(version):
     reference, metric = _pair(version)
-    photos = _photos(1 if version == "0.1" else 2)  # full size once, half size for v0.0
-    cases = [
-        (photos[:1], photos[1:]),
-        (_random((2, 64, 64, 3), 1), _random((2, 64, 64, 3), 2)),
-        (_random((1, 256, 256, 3), 3), _random((1, 256, 256, 3), 4)),
-    ]
+    # The photos at half and a third of their size (214x320, 143x214: the poolings meet odd
+    # sides), and a batch of two random pairs; the spatial test takes the photos at a quarter.
+    photos = _photos(2 if version == "0.1" else 3)
+    cases = [(photos[:1], photos[1:]), (_random((2, 64, 64, 3), 1), _random((2, 64, 64, 3), 2))]
     with float32_precision(), torch.no_grad():
         for x0, x1 in cases:
             total, layers = metric(x0, x1, per_layer=True)
