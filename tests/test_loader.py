@@ -1,4 +1,9 @@
-"""One loader: checkpoints, .pth files and state dicts all come back as (model, variables)."""
+"""One loader: checkpoints, .pth files and state dicts all come back as (model, variables).
+
+One seeded torchvision vgg11_bn (7 classes) and its .pth file serve the module (`vgg11_bn`).
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +16,24 @@ import vgg_flax
 from vgg_flax.parity.torchvision import randomize
 
 
-def _vgg11_bn_net() -> torch.nn.Module:
+@pytest.fixture(scope="module")
+def vgg11_bn(tmp_path_factory):
+    """(a seeded random torchvision vgg11_bn of 7 classes, its state dict saved as a .pth)."""
     torch.manual_seed(0)
     net = torchvision.models.vgg11_bn(num_classes=7)
     randomize(net, seed=0)
-    return net.eval()
-
-
-def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(tmp_path):
-    net = _vgg11_bn_net()
-    pth = tmp_path / "weights.pth"  # a name that says nothing about the architecture
+    pth = tmp_path_factory.mktemp("pth") / "weights.pth"  # a name that says nothing of the arch
     torch.save(net.state_dict(), pth)
+    return net.eval(), pth
+
+
+@functools.partial(jax.jit, static_argnums=0)  # the two loads' equal models: one compile
+def _apply(model, variables, images):
+    return model.apply(variables, images)
+
+
+def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(vgg11_bn):
+    net, pth = vgg11_bn
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         want = net(images).numpy()
@@ -29,14 +41,14 @@ def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(tmp_
         model, variables, _ = vgg_flax.load(source)
         assert (model.arch, model.batch_norm, model.num_classes) == ("A", True, 7)
         assert isinstance(variables["params"]["fc8"]["kernel"], jax.Array)
-        got = model.apply(variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
+        got = _apply(model, variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy()))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     with pytest.raises(ValueError, match="do not fit torchvision's vgg13"):
         vgg_flax.load(pth, "vgg13")
 
 
-def test_unknown_shapes_and_other_files_are_refused_with_the_fix(tmp_path):
-    state = {k: v for k, v in _vgg11_bn_net().state_dict().items() if "features.0." not in k}
+def test_unknown_shapes_and_other_files_are_refused_with_the_fix(vgg11_bn, tmp_path):
+    state = {k: v for k, v in vgg11_bn[0].state_dict().items() if "features.0." not in k}
     with pytest.raises(ValueError, match="fit none of torchvision's VGGs"):
         vgg_flax.load(state)
     other = tmp_path / "notes.txt"
@@ -64,7 +76,7 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
     np.testing.assert_array_equal(exact.apply(restored, images), model.apply(variables, images))
 
 
-def test_recorded_preprocessing_picks_the_evaluation_normalisation(tmp_path):
+def test_recorded_preprocessing_picks_the_evaluation_normalisation(vgg11_bn, tmp_path):
     from experiments.evaluate import chosen_preprocessing
     from vgg_flax.preprocessing import PRESETS, mean_rgb
     from vgg_flax.weights.loading import read_usage
@@ -73,8 +85,7 @@ def test_recorded_preprocessing_picks_the_evaluation_normalisation(tmp_path):
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     trained = vgg_flax.save(tmp_path / "a", model, variables, preprocessing="torchvision")
     older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing: torchvision's
-    pth = tmp_path / "w.pth"
-    torch.save(_vgg11_bn_net().state_dict(), pth)
+    pth = vgg11_bn[1]
     usages = {name: read_usage(path) for name, path in (("a", trained), ("b", older), ("p", pth))}
     assert all(usage.preprocessing == PRESETS["torchvision"] for usage in usages.values())
     assert chosen_preprocessing([usages["a"]], None) == PRESETS["torchvision"]
