@@ -10,6 +10,7 @@ commands) is tested too, in this process, which has the checkout on its path.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -112,17 +113,28 @@ def run_vgg_flax(args: list[str], cwd: Path, path: Path) -> subprocess.Completed
     )
 
 
+# docs/training.md's smoke run (narrow: train_tiny.TINY's widths). tests/test_readme.py leaves
+# it to test_installed_train_runs_a_shipped_config_from_any_folder, which runs it as written.
+DOCUMENTED_TRAIN = (
+    "vgg-flax train --config digits:local --workdir runs/tiny --config.width=0.125 "
+    "--config.head_width=32"
+)
+
+
 def test_installed_train_runs_a_shipped_config_from_any_folder(installed, tmp_path):
-    args = ["train", "--config", "digits:local", "--workdir", "run"]
-    # Narrow (TINY widths); one override in absl's `--name value` form.
-    done = run_vgg_flax(
-        [*args, "--config.width=0.125", "--config.head_width", "32"], tmp_path, installed
-    )
+    """docs/training.md's `vgg-flax train --config digits:local ...`, as written, from the wheel
+    install in an empty folder."""
+    assert DOCUMENTED_TRAIN in (ROOT / "docs" / "training.md").read_text()
+    program, *args = DOCUMENTED_TRAIN.split()
+    assert program == "vgg-flax"
+    done = run_vgg_flax(args, tmp_path, installed)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "steps 2/2" in done.stdout and "eval: top-1 accuracy" in done.stdout
     assert "top-level experiments imported: False" in done.stdout
-    assert (tmp_path / "run" / "model").is_dir() and (tmp_path / "run" / "summary.json").is_file()
-    assert '"width": 0.125' in (tmp_path / "run" / "config.json").read_text()
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "model").is_dir() and (run / "summary.json").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["width"], config["head_width"]) == (0.125, 32)
 
 
 def run_in_checkout(args: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
@@ -164,9 +176,13 @@ def test_checkout_train_loads_configs_by_name_and_path_from_any_folder(
     def run(args: list[str]) -> subprocess.CompletedProcess:
         return run_in_checkout(args, tmp_path, monkeypatch, capsys)
 
-    # A field the config lacks: absl stops after loading the config, before any training.
-    for config in ("digits:local", str(ROOT / "experiments" / "configs" / "a_256.py:local")):
-        done = run(["train", "--config", config, "--workdir", "w", "--config.no_such_field=1"])
+    # A field the config lacks: absl stops after loading the config, before any training; the
+    # override in absl's `--name=value` form and in its `--name value` form.
+    for config, override in (
+        ("digits:local", ["--config.no_such_field=1"]),
+        (str(ROOT / "experiments" / "configs" / "a_256.py:local"), ["--config.no_such_field", "1"]),
+    ):
+        done = run(["train", "--config", config, "--workdir", "w", *override])
         assert done.returncode == 2, done.stderr[-3000:]
         assert "no field 'no_such_field'" in done.stderr
     done = run(["train", "--config", "nonesuch", "--workdir", "w"])

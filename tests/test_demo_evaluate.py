@@ -1,9 +1,10 @@
 """A trained model carries what evaluating it needs: the documented command reproduces its score.
 
 A narrow VGG-A trains briefly on the digits (32x32 crops, "torchvision" normalisation, no flips);
-`python -m experiments.evaluate --checkpoint WORKDIR/model --dataset digits`, with no other flag,
-must count exactly the errors the training run's own evaluation reported in summary.json, on the
-same 360 test digits. The run's training checkpoint (checkpoints/<step>) evaluates the same.
+README.md's `.venv/bin/python -m experiments.evaluate --checkpoint runs/demo/model --dataset
+digits`, as written, with the run as runs/demo, must count exactly the errors the training run's
+own evaluation reported in summary.json, on the same 360 test digits. The run's training
+checkpoint (checkpoints/<step>) evaluates the same.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from vgg_flax.weights.loading import read_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DIGITS = 360
+# README.md's evaluation of the demo's model (tests/test_readme.py leaves it to this file).
+DOCUMENTED = (
+    ".venv/bin/python -m experiments.evaluate --checkpoint runs/demo/model --dataset digits"
+)
 
 
 @pytest.fixture
@@ -60,19 +65,25 @@ def test_model_records_what_using_it_needs(run):
         assert usage.class_names == tuple(str(digit) for digit in range(10))
 
 
-def test_documented_command_gives_the_training_runs_accuracy(run, monkeypatch, capsys):
-    """The command runs in this process, as `python -m` runs the module (`runpy`): a process of
-    its own would start Python, JAX and TensorFlow again for the same code (tests/test_faults.py
-    and tests/test_standalone.py run experiments/evaluate.py in processes of their own)."""
+def test_documented_command_gives_the_training_runs_accuracy(run, tmp_path, monkeypatch, capsys):
+    """README.md's command, from a folder where runs/demo is the run. It runs in this process, as
+    `python -m` runs the module (`runpy`), with this environment's interpreter (the command's
+    .venv/bin/python): a process of its own would start Python, JAX and TensorFlow again for
+    the same code (tests/test_faults.py and tests/test_standalone.py run experiments/evaluate.py
+    in processes of their own). tests/test_readme.py leaves the command to this test."""
     workdir, summary = run
     assert summary["eval"]["accuracy"] > 0.5, summary  # learnt: the errors are not chance
     written = json.loads((workdir / "summary.json").read_text())
-    monkeypatch.chdir(ROOT)
-    argv = ["--checkpoint", str(workdir / "model"), "--dataset", "digits"]
-    monkeypatch.setattr(sys, "argv", ["experiments.evaluate", *argv])
-    monkeypatch.delitem(sys.modules, "experiments.evaluate", raising=False)  # run afresh
+    assert DOCUMENTED in (ROOT / "README.md").read_text()
+    python, dash_m, module, *argv = DOCUMENTED.split()
+    assert (python, dash_m) == (".venv/bin/python", "-m")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(workdir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # run afresh
     with pytest.raises(SystemExit) as stop:
-        runpy.run_module("experiments.evaluate", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     out, err = capsys.readouterr()
     assert stop.value.code == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])

@@ -51,8 +51,9 @@ SHELL_BLOCKS = ("", "sh", "bash", "shell", "console")
 OUTPUT_BLOCKS = ("text",)
 BIN = pathlib.Path(sys.executable).parent
 
-# Commands that cannot run in a test, each with why; matched by regular expression. Only their
-# command line is checked (check_parses). Everything else in the pages runs for real.
+# Commands that do not run here, each with why (too slow for a test, or run as written by another
+# test file); matched by regular expression. Only their command line is checked
+# (test_slow_command_parses). Everything else in the pages runs for real.
 SLOW = (
     (r"^make demo\b", "trains full-width VGG-A for ~10 minutes"),
     (r"^make test\b", "the whole test suite, this test included"),
@@ -78,6 +79,16 @@ SLOW = (
     (r"^vgg-flax similarity\b", "downloads torchvision's vgg16 (0.5 GB) for its trunk"),
     (r"experiments\.perceptual_train\b", "trains against full-width VGG-16 metrics for minutes"),
     (r"\bPHOTOS\b", "your own images (tests/test_newcomer.py runs these on generated ones)"),
+    (
+        r"^vgg-flax train --config digits:local --workdir runs/tiny\b",
+        "docs/training.md's smoke run: tests/test_cli_experiments.py runs it as written, from a "
+        "wheel install in an empty folder (DOCUMENTED_TRAIN)",
+    ),
+    (
+        r"-m experiments\.evaluate --checkpoint runs/demo/model --dataset digits$",
+        "README.md's evaluation of the demo: tests/test_demo_evaluate.py runs it as written on "
+        "the tests' digits run and checks that it counts the run's own errors (DOCUMENTED)",
+    ),
 )
 
 # Python blocks that cannot run in a test, each with why; matched against the block's text.
