@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from vgg_flax.parity.training import TrainSetup, compare_training
 
@@ -49,13 +50,31 @@ FOUR_DEVICE_ARGS = [
 ]
 
 
+# torch on one thread, here and in the four-device process: the nets are so small that a second
+# thread waits more than it works, the more so beside other processes (a vgg11 float64 step at
+# these sizes: 0.15 s on one thread; 0.5-2.7 s on two, beside another pytest worker).
+TORCH_THREADS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def four_devices():
     """The four-device CLI run, started now, in a process of its own, beside the other runs.
 
-    XLA_FLAGS must be set before JAX starts, hence the subprocess.
+    XLA_FLAGS must be set before JAX starts, hence the subprocess; torch reads OMP_NUM_THREADS.
     """
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
+        OMP_NUM_THREADS=str(TORCH_THREADS),
+    )
     runner = os.path.join(os.path.dirname(__file__), "parity_runner.py")
     process = subprocess.Popen(
         [sys.executable, runner, *FOUR_DEVICE_ARGS],
