@@ -177,7 +177,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     step_every = round(config.optim.step_epochs * steps_per_epoch)
 
     # ----- Initial state: fresh, or weights from a trained net ------------------------------
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    init_key, dropout_key = _split_seed(config.seed)
     variables = init_variables(model, init_key, data_config.crop_size)
     if config.init_from:
         variables = start_from(
@@ -213,7 +213,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             f"resumed from step {int(state['step'])} of {manager.directory}"
             + (" (saved without momentum: it restarts from zero)" if fresh_momentum else "")
         )
-    step = int(state["step"])
+    # A fresh state's step is 0: reading it would wait for the initialisation, which runs while
+    # the training step is traced and its compiled program read from the cache.
+    step = 0 if restored is None else int(state["step"])
 
     def save() -> None:
         meta = usage_lib.to_metadata(record, step=step, data=train_iter.get_state())
@@ -356,6 +358,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 metrics_lib.plot(writer.path, os.path.join(workdir, metrics_lib.PLOT_FILE))
         writer.close()
     return summary
+
+
+def _split_seed(seed: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.random.split(jax.random.key(seed))`'s two keys, made by one compiled program.
+
+    Run eagerly, its four operations (staging the seed, seeding, splitting, unstacking) are four
+    programs, each traced, lowered and read from the compilation cache on every start.
+    """
+    return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))))()
 
 
 def usage(model: Any, data_config: Any, class_names: Any = None) -> usage_lib.Usage:
