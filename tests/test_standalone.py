@@ -7,7 +7,9 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from PIL import Image
 
 import vgg_flax
 
@@ -86,20 +88,29 @@ def test_evaluate_help_without_torch():
     assert "(default: imagenet2012)" in result.stdout  # defaults are shown
 
 
-@pytest.mark.tensorflow  # the digits data come through TFDS
+@pytest.mark.tensorflow  # the images are read through vgg_flax.data (TensorFlow)
 def test_evaluate_checkpoint_without_torch(tmp_path):
-    # A narrow VGG-A with 10 classes, saved as a vgg-flax checkpoint.
+    # A narrow VGG-A with 10 classes, saved as a vgg-flax checkpoint; a folder of 10 images of
+    # 224x240, one per class, each rescaled to Q = 224, the smallest test scale dense evaluation
+    # takes (fc6's 7x7 window on pool5's map). (Not the digits: for a checkpoint that records
+    # no input size, the data module renders all 1,437 training digits at 224 for their mean.)
     model = vgg_flax.create_model("A", width=0.125, head_width=32, num_classes=10)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     checkpoint = vgg_flax.save(tmp_path / "model", model, variables)
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        folder = tmp_path / "images" / "validation" / f"class{label}"
+        folder.mkdir(parents=True)
+        pixels = rng.integers(0, 256, (224, 240, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "image.png")
     output = tmp_path / "result.json"
-    # Dense evaluation needs images of at least 224x224 (fc6's 7x7 window on pool5's map), so
-    # the 32x32 digits are rescaled to Q = 224, the smallest test scale that works.
     result = run_without_torch(
         "--checkpoint",
         checkpoint,
         "--dataset",
-        "digits",
+        "folder",
+        "--folder",
+        str(tmp_path / "images"),
         "--protocol",
         "dense",
         "--scales",
@@ -118,8 +129,8 @@ def test_evaluate_checkpoint_without_torch(tmp_path):
     printed = json.loads(lines[-1])
     assert printed == json.loads(output.read_text())
     assert printed["examples"] == 8
-    assert printed["dataset"] == "digits"
-    assert printed["split"] == "test"
+    assert printed["dataset"] == "folder"
+    assert printed["split"] == "validation"
     assert 0 <= printed["top5_error"] <= printed["top1_error"] <= 100
 
 
