@@ -24,6 +24,12 @@ def _vgg11_bn_state() -> dict[str, np.ndarray]:
     return {key: value.numpy() for key, value in net.state_dict().items()}
 
 
+@functools.lru_cache(maxsize=1)
+def _vgg11_bn_variables() -> dict:
+    """`from_torchvision` of `_vgg11_bn_state()`, made once: the tests only read it."""
+    return vgg_flax.from_torchvision(_vgg11_bn_state(), "vgg11_bn")
+
+
 def _same_bits(a, b) -> bool:
     """Equal dtypes, shapes and bytes: bit for bit (== would take -0.0 for 0.0).
 
@@ -41,7 +47,7 @@ def _zeros(arch: str) -> dict[str, np.ndarray]:
 
 def test_round_trip_is_bit_exact_and_loads_strictly(tmp_path):
     state = _vgg11_bn_state()
-    variables = vgg_flax.from_torchvision(state, "vgg11_bn")
+    variables = _vgg11_bn_variables()
     assert variables["params"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
     assert variables["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
     back = vgg_flax.to_torchvision(variables, "vgg11_bn", num_batches_tracked=0)
@@ -49,7 +55,8 @@ def test_round_trip_is_bit_exact_and_loads_strictly(tmp_path):
     for key, value in state.items():
         assert _same_bits(back[key], value), key
     path = tmp_path / "exported.pth"
-    vgg_flax.save_pth(vgg_flax.to_torchvision(variables, "vgg11_bn"), path)
+    # What to_torchvision gives without num_batches_tracked (the CLI test checks that default).
+    vgg_flax.save_pth({k: v for k, v in back.items() if "num_batches" not in k}, path)
     with torch.device("meta"):  # skip the random initialisation: every tensor gets assigned
         net = torchvision.models.vgg11_bn()
     net.load_state_dict(torch.load(path, weights_only=True), strict=True, assign=True)
@@ -77,7 +84,7 @@ def test_prefix_and_old_classifier_numbering():
         ):
             key = key.replace(new_index, old_index)
         old[f"module.{key}"] = value
-    expected = vgg_flax.from_torchvision(state, "vgg11_bn")
+    expected = _vgg11_bn_variables()
     got = vgg_flax.from_torchvision(old, "vgg11_bn")
     for path, value in _leaves(expected):
         assert _same_bits(_get(got, path), value), "/".join(path)
@@ -142,7 +149,8 @@ def test_convert_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert usage.eval_scale == 256 and usage.source.file == "vgg11_bn.pth"
     names = torchvision.models.VGG11_BN_Weights.DEFAULT.meta["categories"]
     assert list(usage.class_names) == names
-    back = vgg_flax.to_torchvision(variables, "vgg11_bn")
+    back = vgg_flax.to_torchvision(variables, "vgg11_bn")  # no num_batches_tracked by default
+    assert list(back) == [key for key in state if "num_batches" not in key]
     for key, value in back.items():
         assert _same_bits(value, state[key]), key
     assert main(["convert", "vgg11_bn", str(pth), str(out)]) == 2  # exists: refused, kept
