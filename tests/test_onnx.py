@@ -3,9 +3,11 @@
 VGG-11 with BatchNorm and VGG-16 (their layer lists, narrow widths: the numerics do not depend
 on the width), seeded random weights (`test_export.random_variables`): classify at 224x224 and
 at 97x131, and the dense mode at two image sizes from one file, each at batch 1 and 5 from one
-file. The reference is `model.apply` with the model's own (CPU) kernels.
+file. The reference is `model.apply` with the model's own (CPU) kernels, jitted (one program
+per input shape, not one per operation).
 """
 
+import jax
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -33,10 +35,15 @@ def assert_matches(found, expected):
     np.testing.assert_allclose(found, expected, rtol=RELATIVE, atol=RELATIVE * scale)
 
 
+def jitted_apply(model):
+    """`model.apply(variables, images, mode=...)`, jitted."""
+    return jax.jit(model.apply, static_argnames=("mode",))
+
+
 @pytest.fixture(scope="module", params=["vgg11_bn", "vgg16"])
 def net(request):
     model = vgg_flax.create_model(request.param, num_classes=10, **TINY)
-    return model, random_variables(model)
+    return model, random_variables(model), jitted_apply(model)
 
 
 def images(batch, height, width, seed=0):
@@ -46,25 +53,25 @@ def images(batch, height, width, seed=0):
 
 @pytest.mark.parametrize("size", [224, (97, 131)])
 def test_classify_at_a_fixed_size_any_batch(net, size, tmp_path):
-    model, variables = net
+    model, variables, apply = net
     path = tmp_path / "vgg.onnx"
     to_onnx(model, variables, str(path), mode="classify", image_size=size)
     height, width = vgg_onnx.image_hw(size)
     for batch in (1, 5):
         x = images(batch, height, width, seed=batch)
-        assert_matches(run_onnx(path, x), np.asarray(model.apply(variables, x)))
+        assert_matches(run_onnx(path, x), np.asarray(apply(variables, x)))
     assert vgg_onnx.read_metadata(path)["vgg_flax.image_size"] == [height, width]
 
 
 def test_dense_any_size_any_batch_from_one_file(net, tmp_path):
-    model, variables = net
+    model, variables, apply = net
     path = tmp_path / "dense.onnx"
     proto = vgg_onnx.to_onnx(model, variables, str(path), mode="dense")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", "height", "width", 3]
     for batch, height, width in ((1, 224, 224), (5, 256, 320)):
         x = images(batch, height, width, seed=height)
-        expected = np.asarray(model.apply(variables, x, mode="dense"))
+        expected = np.asarray(apply(variables, x, mode="dense"))
         assert_matches(run_onnx(path, x), expected)
 
 
@@ -93,7 +100,8 @@ def test_cli_writes_the_usage_record_into_the_metadata(checkpoint, tmp_path, cap
     assert metadata["preprocessing"]["channel_order"] == "BGR"
     assert len(metadata["preprocessing"]["mean"]) == 3
     x = images(2, 256, 224)
-    assert_matches(run_onnx(out, x), np.asarray(model.apply(variables, x, mode="dense_map")))
+    expected = jitted_apply(model)(variables, x, mode="dense_map")
+    assert_matches(run_onnx(out, x), np.asarray(expected))
 
 
 @pytest.mark.parametrize(
