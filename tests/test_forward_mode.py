@@ -6,6 +6,7 @@ convolution and reduce_window, differentiated by JAX), within float32 rounding. 
 still run the fast backward: its program keeps the row loop of the kernel gradient.
 """
 
+import functools
 import re
 
 import jax
@@ -16,9 +17,17 @@ import pytest
 from vgg_flax.models import ops
 from vgg_flax.models.vgg import create_model
 
-# Narrow nets; "torchvision" init keeps activations near 1 through the layers (the paper's
-# N(0, 0.01) shrinks them ~100x per layer, to logits of 1e-14, where rounding would hide errors).
-NARROW = dict(width=0.125, head_width=32, num_classes=10, weight_init="torchvision")
+NARROW = dict(width=0.125, head_width=32, num_classes=10)  # narrow nets
+# XLA's quick compile (no LLVM optimisation) for the programs that run a narrow net once:
+# compiling dominates them, and the arithmetic is the same. Not for jacfwd's, which pushes a
+# tangent for each of the image's 3072 values through the net: optimised code is faster there.
+quick_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
 VARIANTS = {
     "A": dict(),
     "A_bn": dict(batch_norm=True),
@@ -42,20 +51,44 @@ def _models(options: dict):
     return {k: create_model("A", kernels=k, **NARROW, **options) for k in ops.KERNELS}
 
 
+# Random arrays are drawn with numpy: jax.random would compile a program per shape.
+def _normal(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
 def _random_like(tree, seed: int):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-    )
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), tree)
+
+
+def _variables(model, images):
+    """Seeded random variables of `model`, drawn from its shapes (no init program to compile).
+
+    He-scaled kernels keep activations near 1 through the layers (the paper's N(0, 0.01) shrinks
+    them ~100x per layer, to logits of 1e-14, where rounding would hide errors); biases and
+    BatchNorm's statistics are random too.
+    """
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            return rng.standard_normal(shape, np.float32) * np.float32(
+                np.sqrt(2 / np.prod(shape[:-1]))
+            )
+        if name in ("var", "scale"):
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return rng.normal(0, 0.1, shape).astype(np.float32)
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def setup(request):
     models = _models(VARIANTS[request.param])
-    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(models["auto"].init)(jax.random.key(0), images)
-    return models, variables, images
+    images = _normal((2, 32, 32, 3), 1)
+    return models, _variables(models["auto"], images), images
 
 
 def _apply(model, variables):
@@ -69,7 +102,7 @@ def test_jvp_equals_lax(setup):
     out = {}
     for k, m in models.items():
         f = _apply(m, variables)
-        out[k] = jax.jit(lambda p, x, f=f: jax.jvp(f, (p, x), tangents))(params, images)
+        out[k] = quick_jit(lambda p, x, f=f: jax.jvp(f, (p, x), tangents))(params, images)
     _close(out["auto"], out["lax"])
     # Eagerly too (the tangent primitives' own evaluation, not their lowering), once: op by op,
     # the variants' extra layers add dispatches, not primitives (CONV_CASES test each op eagerly).
@@ -99,7 +132,7 @@ def test_hessian_vector_product_equals_lax(setup):
             logits = _apply(model, variables)(p, images)
             return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
 
-        return jax.jit(lambda p: jax.jvp(jax.grad(loss), (p,), (vector,)))(params)
+        return quick_jit(lambda p: jax.jvp(jax.grad(loss), (p,), (vector,)))(params)
 
     (grad_auto, hv_auto), (grad_lax, hv_lax) = hvp(models["auto"]), hvp(models["lax"])
     _close(grad_auto, grad_lax)
@@ -109,8 +142,8 @@ def test_hessian_vector_product_equals_lax(setup):
 def test_dense_mode_jvp_and_hvp_equal_lax():
     # Dense evaluation runs fc6-fc8 as convolutions over the whole pool5 map (at 224: 7x7).
     models = _models({})
-    images = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
-    variables = jax.jit(models["auto"].init)(jax.random.key(0), images)
+    images = _normal((1, 224, 224, 3), 1)
+    variables = _variables(models["auto"], images)
     params, vector = variables["params"], _random_like(variables["params"], 5)
     out = {}
     for k, m in models.items():
@@ -121,9 +154,9 @@ def test_dense_mode_jvp_and_hvp_equal_lax():
         def hvp(p, score=score):
             return jax.jvp(jax.grad(lambda q: jnp.sum(jnp.sin(score(q)))), (p,), (vector,))[1]
 
-        out[k] = jax.jit(lambda p, score=score, hvp=hvp: (jax.jvp(score, (p,), (vector,)), hvp(p)))(
-            params
-        )
+        out[k] = quick_jit(
+            lambda p, score=score, hvp=hvp: (jax.jvp(score, (p,), (vector,)), hvp(p))
+        )(params)
     _close(out["auto"][0], out["lax"][0])
     _close(out["auto"][1], out["lax"][1], rtol=1e-3)
 
@@ -134,9 +167,9 @@ CONV_CASES = [(8, 3, 1), (2, 3, 1), (5, 1, 0), (7, 7, 0)]
 
 @pytest.mark.parametrize(("side", "k", "padding"), CONV_CASES)
 def test_conv2d_tangents_and_transpose(side, k, padding):
-    keys = jax.random.split(jax.random.key(side * 10 + k), 4)
-    x, dx = (jax.random.normal(key, (2, side, side, 4)) for key in keys[:2])
-    w, dw = (jax.random.normal(key, (k, k, 4, 5)) for key in keys[2:])
+    rng = np.random.default_rng(side * 10 + k)
+    x, dx = (rng.standard_normal((2, side, side, 4), np.float32) for _ in range(2))
+    w, dw = (rng.standard_normal((k, k, 4, 5), np.float32) for _ in range(2))
     _, tangent = jax.jvp(lambda a, b: ops.conv2d(a, b, padding), (x, w), (dx, dw))
     _, expected = jax.jvp(lambda a, b: ops.plain_conv(a, b, padding), (x, w), (dx, dw))
     _close(tangent, expected)
@@ -150,7 +183,7 @@ def test_conv2d_tangents_and_transpose(side, k, padding):
         jax.jacfwd(lambda b: ops.plain_conv(x, b, padding)[0, 0, 0])(w),
     )
     # The backward reverse mode runs is the transpose of the tangent map: <J t, g> = <t, J^T g>.
-    g = jax.random.normal(jax.random.key(9), tangent.shape)
+    g = _normal(tangent.shape, 9)
     gx, gw = jax.vjp(lambda a, b: ops.conv2d(a, b, padding), x, w)[1](g)
     lhs = float(jnp.vdot(tangent, g))
     np.testing.assert_allclose(lhs, float(jnp.vdot(dx, gx) + jnp.vdot(dw, gw)), rtol=1e-4)
@@ -158,8 +191,8 @@ def test_conv2d_tangents_and_transpose(side, k, padding):
 
 def test_max_pool_tangent_takes_the_first_maximum_including_ties():
     # Integers in 0..2 tie often; odd sides drop the last row and column (floor mode).
-    x = jax.random.randint(jax.random.key(0), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
-    dx = jax.random.normal(jax.random.key(1), x.shape)
+    x = np.random.default_rng(0).integers(0, 3, (2, 7, 9, 3)).astype(np.float32)
+    dx = _normal(x.shape, 1)
     _, tangent = jax.jvp(ops.max_pool_2x2, (x,), (dx,))
     xn, dxn = np.asarray(x), np.asarray(dx)
     expected = np.zeros((2, 3, 4, 3), np.float32)
@@ -168,11 +201,11 @@ def test_max_pool_tangent_takes_the_first_maximum_including_ties():
         first = int(np.argmax(window))  # numpy's argmax: the first maximum, row-major
         expected[n, i, j, c] = dxn[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, c].reshape(-1)[first]
     np.testing.assert_array_equal(np.asarray(tangent), expected)
-    g = jax.random.normal(jax.random.key(2), tangent.shape)
+    g = _normal(tangent.shape, 2)
     (gx,) = jax.vjp(ops.max_pool_2x2, x)[1](g)
     np.testing.assert_allclose(float(jnp.vdot(tangent, g)), float(jnp.vdot(dx, gx)), rtol=1e-5)
     # Without ties, the same as reduce_window's own jvp.
-    y = jax.random.normal(jax.random.key(3), x.shape)
+    y = _normal(x.shape, 3)
     _close(jax.jvp(ops.max_pool_2x2, (y,), (dx,))[1], jax.jvp(ops.plain_max_pool, (y,), (dx,))[1])
 
 
