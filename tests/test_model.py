@@ -6,6 +6,8 @@ errors) depends on the layer structure and the spatial sizes, not on the channel
 full-width numerics are torchvision's parity (tests/test_parity.py).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,18 +17,53 @@ from vgg_flax import activation_names, create_model
 from vgg_flax.models.initializers import kernel_init
 
 NARROW = {"width": 0.125, "head_width": 32}  # conv channels 8 ... 64, fc6/fc7 of 32 units
+# XLA's quick compile (no LLVM optimisation) for programs that run a narrow net once: compiling
+# dominates them, and the arithmetic is the same.
+quick_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+
+
+def _normal(shape, seed):
+    # numpy's: jax.random would compile a program for each shape
+    return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
+def random_variables(model, side=32):
+    """Seeded random variables of `model`, drawn from its shapes: no init program to compile.
+
+    He-scaled kernels keep activations near unit size through the layers; biases and
+    BatchNorm's statistics are random too (the initialisers' own tests are below).
+    """
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            return rng.standard_normal(shape, np.float32) * np.float32(
+                np.sqrt(2 / np.prod(shape[:-1]))
+            )
+        if name in ("var", "scale"):
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return rng.normal(0, 0.1, shape).astype(np.float32)
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, 3)))
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module")
 def vgg_a():
-    model = create_model("A", num_classes=10, weight_init="torchvision", **NARROW)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    return model, variables
+    model = create_model("A", num_classes=10, **NARROW)
+    return model, random_variables(model)
 
 
 def test_dense_average_equals_classification_at_224(vgg_a):
     model, variables = vgg_a
-    images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
+    images = _normal((2, 224, 224, 3), 1)
     logits = model.apply(variables, images)
     dense = model.apply(variables, images, mode="dense")
     score_map = model.apply(variables, images, mode="dense_map")
@@ -37,7 +74,7 @@ def test_dense_average_equals_classification_at_224(vgg_a):
 
 def test_dense_map_shape_and_average_on_a_larger_image(vgg_a):
     model, variables = vgg_a
-    images = jax.random.normal(jax.random.key(2), (1, 256, 320, 3))
+    images = _normal((1, 256, 320, 3), 2)
     score_map = model.apply(variables, images, mode="dense_map")
     assert score_map.shape == (1, 256 // 32 - 6, 320 // 32 - 6, 10)
     dense = model.apply(variables, images, mode="dense")
@@ -52,7 +89,7 @@ def test_classification_takes_any_size_from_32(vgg_a):
 
 def test_named_features_alongside_or_instead_of_logits(vgg_a):
     model, variables = vgg_a
-    images = jax.random.normal(jax.random.key(3), (1, 64, 64, 3))
+    images = _normal((1, 64, 64, 3), 3)
     feats = model.apply(variables, images, features=("relu4_2", "pool5"))
     assert set(feats) == {"relu4_2", "pool5"}
     assert feats["relu4_2"].shape == (1, 8, 8, 64) and feats["pool5"].shape == (1, 2, 2, 64)
@@ -73,7 +110,7 @@ def test_activation_names_cover_batchnorm_and_lrn():
 
 def test_dropout_acts_only_when_training(vgg_a):
     model, variables = vgg_a
-    images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+    images = _normal((2, 32, 32, 3), 4)
     first = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(5)})
     second = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(6)})
     assert float(jnp.abs(first - second).max()) > 0
@@ -82,8 +119,8 @@ def test_dropout_acts_only_when_training(vgg_a):
 
 def test_batchnorm_model_updates_running_statistics():
     model = create_model("vgg11_bn", num_classes=5, **NARROW)
-    images = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(8), images)
+    images = _normal((2, 32, 32, 3), 7)
+    variables = random_variables(model)
     assert set(variables) == {"params", "batch_stats"}
     _, updates = jax.jit(
         lambda v: model.apply(
@@ -111,26 +148,31 @@ def test_initialisers_have_their_statistics(kind, conv_std, fc_std):
 
 
 def test_model_uses_the_chosen_initialiser():
-    # Wide enough for the sample std to be within 2% (conv3_1: 18k weights, fc7: 65k).
-    model = create_model("A", weight_init="paper", init_std=0.1, width=0.25, head_width=256)
-    params = jax.jit(model.init)(jax.random.key(10), jnp.zeros((1, 32, 32, 3)))["params"]
+    # Wide enough for the sample std to be within 2% (conv3_1: 18k weights, fc7: 65k). The
+    # kernels "lax": init traces the forward pass, whose CPU forms compile slower (same shapes).
+    model = create_model(
+        "A", weight_init="paper", init_std=0.1, width=0.25, head_width=256, kernels="lax"
+    )
+    params = quick_jit(model.init)(jax.random.key(10), jnp.zeros((1, 32, 32, 3)))["params"]
     assert float(jnp.std(params["conv3_1"]["kernel"])) == pytest.approx(0.1, rel=0.02)
     assert float(jnp.std(params["fc7"]["kernel"])) == pytest.approx(0.1, rel=0.02)
     assert float(jnp.abs(params["fc6"]["bias"]).max()) == 0.0
 
 
-def test_bfloat16_compute_with_float32_parameters():
+def test_bfloat16_compute_with_float32_parameters(vgg_a):
     model = create_model("A", num_classes=10, dtype=jnp.bfloat16, **NARROW)
     images = jnp.ones((1, 32, 32, 3))
-    variables = model.init(jax.random.key(11), images)
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
-    assert model.apply(variables, images).dtype == jnp.bfloat16
+    shapes = jax.eval_shape(model.init, jax.random.key(11), images)  # init's dtypes, uncompiled
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
+    variables = vgg_a[1]  # float32 variables of the same shapes
+    out = jax.jit(model.apply)(variables, images)  # one compile, not one per op
+    assert out.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(out, np.float32)))
 
 
 def test_a_lrn_runs():
     model = create_model("A-LRN", num_classes=3, **NARROW)
     images = jnp.ones((1, 32, 32, 3))
-    out = model.apply(model.init(jax.random.key(12), images), images, features=("norm1",))
+    out = model.apply(random_variables(model), images, features=("norm1",))
     assert out["norm1"].shape == (1, 32, 32, 8)
 
 
@@ -153,7 +195,7 @@ def test_bad_input_gets_a_clear_error(vgg_a, shape, mode, message):
 def test_dense_evaluation_at_a_trained_size_under_224(vgg_a):
     """trained_pool5=p: fc6 folded with its pooling slides as a p x p window over pool5."""
     model, variables = vgg_a
-    images = jax.random.normal(jax.random.key(3), (1, 96, 128, 3))
+    images = _normal((1, 96, 128, 3), 3)
     score_map = model.apply(variables, images, mode="dense_map", trained_pool5=2)
     assert score_map.shape == (1, 96 // 32 - 1, 128 // 32 - 1, 10)
     dense = model.apply(variables, images, mode="dense", trained_pool5=2)
@@ -193,8 +235,8 @@ def test_narrow_net_is_a_public_option_with_the_counted_parameters():
 def test_a_users_own_layer_list_and_average_pooling():
     layers = (16, "M", 32, "1x1-8", "M", "LRN", 32, "M", 32, "M", 32, "M")
     model = create_model(layers, pooling="avg", head_width=16, num_classes=4)
-    images = jax.random.normal(jax.random.key(13), (1, 64, 64, 3))
-    variables = jax.jit(model.init)(jax.random.key(14), images)
+    images = _normal((1, 64, 64, 3), 13)
+    variables = random_variables(model, 64)
     assert variables["params"]["conv2_2"]["kernel"].shape == (1, 1, 32, 8)
     feats = model.apply(variables, images, features=("relu1_1", "pool1", "norm3", "logits"))
     expected = feats["relu1_1"].reshape(1, 32, 2, 32, 2, 16).mean(axis=(2, 4))
@@ -210,17 +252,19 @@ def test_a_users_own_layer_list_and_average_pooling():
 
 def test_standard_lax_kernels_compute_the_same_network_and_gradients(vgg_a):
     model, variables = vgg_a
-    plain = create_model("A", num_classes=10, weight_init="torchvision", kernels="lax", **NARROW)
-    images = jax.random.normal(jax.random.key(15), (2, 32, 32, 3))
+    plain = create_model("A", num_classes=10, kernels="lax", **NARROW)
+    images = _normal((2, 32, 32, 3), 15)
 
     def loss(m, params):
         return jnp.sum(m.apply({"params": params}, images) ** 2)
 
     # Jitted: one compile of each network, not an eager dispatch of each op of its gradient.
-    fast_loss, fast_grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(
+    fast_loss, fast_grads = quick_jit(jax.value_and_grad(lambda p: loss(model, p)))(
         variables["params"]
     )
-    lax_loss, lax_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(variables["params"])
+    lax_loss, lax_grads = quick_jit(jax.value_and_grad(lambda p: loss(plain, p)))(
+        variables["params"]
+    )
     np.testing.assert_allclose(fast_loss, lax_loss, rtol=1e-5)
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(fast_grads), jax.tree.leaves(lax_grads), strict=True
