@@ -19,6 +19,17 @@ from vgg_flax.perceptual import lpips_heads
 from vgg_flax.perceptual.lpips import load_lpips, trunk_from_lpips
 from vgg_flax.weights import registry as weights
 
+# The options' tests call the metric inside an outer jit with XLA's quick compile (no LLVM
+# optimisation; the metric's own jit is inlined): their small images' programs compile in a
+# fraction of the time and compute the same.
+quick_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+
 
 @functools.cache
 def _pair(version: str, spatial: bool = False):
@@ -95,26 +106,29 @@ def test_input_gradients_match_lpips(version):
 def test_jit_broadcast_and_no_trunk_gradient():
     _, metric = _pair("0.1")
     x0, x1 = _random((1, 64, 64, 3), 9), _random((3, 64, 64, 3), 10)
-    jitted = jax.jit(lambda m, a, b: m(a, b))(metric, x0, x1)
-    each = [metric(x0, x1[i : i + 1])[0] for i in range(3)]
+    call = quick_jit(lambda m, a, b: m(a, b))
+    jitted = call(metric, x0, x1)
+    each = [call(metric, x0, x1[i : i + 1])[0] for i in range(3)]
     np.testing.assert_allclose(jitted, each, rtol=1e-5)
-    grads = jax.grad(lambda m: m(x0, x1).sum())(metric)
+    grads = quick_jit(jax.grad(lambda m: m(x0, x1).sum()))(metric)
     assert all(not np.any(g) for g in jax.tree.leaves(grads.variables))
-    same = metric(x1[:1], x1[:1])
+    same = call(metric, x1[:1], x1[:1])
     assert float(same[0]) == 0.0
 
 
 def test_bfloat16_and_remat_options():
     _, metric = _pair("0.1")
     x0, x1 = _random((2, 32, 32, 3), 11), _random((2, 32, 32, 3), 12)
-    exact = metric(x0, x1)
-    low = metric.replace(dtype=jnp.bfloat16)(x0, x1)
+    call = quick_jit(lambda m, a, b: m(a, b))
+    exact = call(metric, x0, x1)
+    low = call(metric.replace(dtype=jnp.bfloat16), x0, x1)
     assert low.dtype == jnp.float32 and _rel(low, exact) < 3e-2
-    grad = jax.grad(lambda x, m: m(x, x1).sum())
+    gradient = jax.grad(lambda x, m: m(x, x1).sum())
+    grad = quick_jit(gradient)
     np.testing.assert_allclose(
         grad(x0, metric.replace(remat=True)), grad(x0, metric), rtol=1e-5, atol=1e-9
     )
-    jaxpr = str(jax.make_jaxpr(grad)(x0, metric.replace(remat=True)))
+    jaxpr = str(jax.make_jaxpr(gradient)(x0, metric.replace(remat=True)))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 
 
