@@ -53,6 +53,11 @@ def _net(arch):
     return torch_model(arch, seed=0, **({} if arch in FULL_WIDTH else NARROW))
 
 
+@functools.cache  # the gradient and BatchNorm-training tests share vgg11_bn's
+def _narrow_net(arch):
+    return torch_model(arch, seed=0, **NARROW)
+
+
 def _inputs(batch, height, width, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, height, width, generator=generator).numpy()
@@ -62,7 +67,7 @@ def _inputs(batch, height, width, seed=0):
 def test_gradients_match_torchvision_on_narrow_nets(arch):
     # Narrow nets: every layer kind's gradient, BatchNorm's in
     # evaluation mode; the full-width gradient is the CLI test's below (BatchNorm training).
-    net = torch_model(arch, seed=0, **NARROW)
+    net = _narrow_net(arch)
     report = compare(arch, net, _inputs(2, 64, 64, seed=1), grad=True, seed=1)
     net_params = [key for key, _ in net.named_parameters()]
     assert [d.name for d in report.gradients] == net_params
@@ -85,7 +90,7 @@ def test_parity_cli_train_bn_gradients_exit_0_and_misuse_is_an_error(capsys):
 
 
 def test_train_mode_batchnorm_matches_torchvision():
-    net = torch_model("vgg11_bn", seed=0, **NARROW)  # full width: the CLI gradient test's
+    net = _narrow_net("vgg11_bn")  # full width: the CLI gradient test's
     before = {k: v.clone() for k, v in net.state_dict().items()}
     report = compare("vgg11_bn", net, _inputs(2, 64, 96, seed=2), train_bn=True)
     assert len(report.running_stats) == 2 * 8  # mean and var of each of the 8 BatchNorms
