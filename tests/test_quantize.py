@@ -3,7 +3,7 @@
 - A digits model like the demo's, calibrated on 64 training digits: the top-1 class of at least
   99% of the test digits is the float model's, in both modes, among those the float model does
   not nearly tie (top-1 margin over NEAR_TIE logits), and of at least 98% of all 360. The model is
-  the shared short training run (tests/conftest.py: narrow, 74% accurate, so a few digits are
+  the shared short training run (tests/conftest.py: narrow, about 98% accurate; a few digits are
   near ties that weights rounded by 0.4% flip); the demo's own model (full width, 98.6%
   accurate; too slow to train in a test) is measured on all 360 by benchmarks/deploy.py.
   `predict` and `experiments.evaluate` take --quantize; the StableHLO export of each quantised

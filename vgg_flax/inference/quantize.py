@@ -197,14 +197,16 @@ def calibrate(
         raise ValueError("no calibration images")
 
     @jax.jit
-    def absmax(batch: jax.Array) -> Any:
+    def absmax(variables: Mapping[str, Any], batch: jax.Array) -> Any:
+        # The variables an argument, not closed over: XLA would fold the whole net in as
+        # constants (seconds of compile for a VGG-16).
         with nn.intercept_methods(_record_absmax):
             _, state = model.apply(variables, batch, mutable=["absmax"])
         return state["absmax"]
 
     seen: Any = None
     for start in range(0, len(images), batch_size):
-        found = absmax(jnp.asarray(images[start : start + batch_size]))
+        found = absmax(variables, jnp.asarray(images[start : start + batch_size]))
         seen = found if seen is None else jax.tree.map(jnp.maximum, seen, found)
     return {
         layer: {
