@@ -5,8 +5,9 @@
 training batch is delayed S seconds, so a test can stop the run between two checkpoints.
 
 `python train_runner.py --one-step OUT.npz` runs one training step of VGG-A with BatchNorm at
-32x32 on a fixed global batch over every device, and saves the updated variables and updates.
-Tiny widths: the full net replicated on 4 simulated devices needs over 8 GB.
+32x32 from the same state and global batch on a mesh of one device and on a mesh of every
+device, and saves the variables and updates of each. Tiny widths: the full net replicated on 4
+simulated devices needs over 8 GB.
 
 `python train_runner.py --nnx-step OUT.npz` runs one `nnx.jit` training step of the NNX VGG-A
 with BatchNorm (`nnx.Optimizer`, dropout drawn) from the same state and batch on a mesh of one
@@ -51,7 +52,8 @@ def small_config(overrides: dict | None = None):
 
 
 def one_step(out: str) -> None:
-    """One data-parallel step from a fixed state and batch; saves the new variables to `out`."""
+    """One data-parallel step on one device and on all; saves the new variables and updates of
+    each to `out` ("one..." and "all...", with the mesh's size in "one_devices", "all_devices")."""
     import jax
     import numpy as np
 
@@ -61,33 +63,34 @@ def one_step(out: str) -> None:
     from vgg_flax.train.optim import make_optimizer
     from vgg_flax.train.step import create_state, make_train_step
 
-    mesh = make_mesh()
     model = create_model(
         "A", batch_norm=True, num_classes=10, weight_init="torchvision", **train_tiny.TINY
     )
-    variables = init_variables(model, jax.random.key(0), 32)
-    tx = make_optimizer(lambda step: 0.01, momentum=0.9)
-    state = create_state(variables, jax.random.key(1), mesh, tx)
+    # On the host: each mesh's state is made from the same values (a step donates its state).
+    variables = jax.device_get(init_variables(model, jax.random.key(0), 32))
     rng = np.random.default_rng(0)
-    batch = to_global(
-        {
-            "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, size=8).astype(np.int32),
-        },
-        mesh,
-    )
-    step = make_train_step(model, mesh, tx, weight_decay=5e-4, l2_mask="kernels")
-    before = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    state, metrics = step(state, batch)
-    after = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    flat = {}
-    for (path, new), old in zip(
-        jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(before), strict=True
-    ):
-        name = jax.tree_util.keystr(path)
-        new, old = np.asarray(new), np.asarray(old)
-        flat[name], flat["update" + name] = new, new - old
-    np.savez(out, devices=jax.device_count(), loss=float(metrics["loss"]), **flat)
+    batch = {
+        "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, size=8).astype(np.int32),
+    }
+    before = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    saved = {}
+    for label, devices in (("one", jax.devices()[:1]), ("all", jax.devices())):
+        mesh = make_mesh(devices)
+        tx = make_optimizer(lambda step: 0.01, momentum=0.9)
+        state = create_state(variables, jax.random.key(1), mesh, tx)
+        step = make_train_step(model, mesh, tx, weight_decay=5e-4, l2_mask="kernels")
+        state, metrics = step(state, to_global(batch, mesh))
+        after = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+        saved[label + "_devices"] = mesh.devices.size
+        saved[label + "_loss"] = float(metrics["loss"])
+        for (path, new), old in zip(
+            jax.tree_util.tree_leaves_with_path(after), jax.tree.leaves(before), strict=True
+        ):
+            name = jax.tree_util.keystr(path)
+            new, old = np.asarray(new), np.asarray(old)
+            saved[label + name], saved[label + "update" + name] = new, new - old
+    np.savez(out, **saved)
 
 
 # The NNX step's net. "lax" kernels compile in a third of the time of the CPU forms, and the
