@@ -100,8 +100,9 @@ def test_one_step_on_four_devices_equals_one_device(tmp_path):
 @pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
 def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     straight = start(str(tmp_path / "straight"))
-    # Its first checkpoint comes after its programs are compiled and in JAX's persistent cache
-    # (conftest.py): the runs started now read them instead of compiling them beside it.
+    # Its first checkpoint comes after two steps: its initialisation and training step are then
+    # in JAX's persistent cache (conftest.py), and the runs started now read them from there
+    # instead of compiling them beside it.
     wait_for(tmp_path / "straight" / "checkpoints" / "2", straight)
     killed = start(str(tmp_path / "killed"), slow=1.0)
     stopped = start(str(tmp_path / "stopped"), slow=1.0)
