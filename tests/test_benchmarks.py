@@ -67,7 +67,7 @@ def test_conv_forms_times_every_form_beside_pytorch(tmp_path, monkeypatch):
     markdown = tmp_path / "B.md"
     run(
         "conv_forms.py",
-        *("--maps", "14x16", "--batch", "2", "--reps", "1", "--markdown", str(markdown)),
+        *("--maps", "14x16", "--batch", "1", "--reps", "1", "--markdown", str(markdown)),
         monkeypatch=monkeypatch,
     )
     rows = [line for line in markdown.read_text().splitlines() if line.startswith("| float")]
