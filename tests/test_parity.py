@@ -1,9 +1,11 @@
 """vgg-flax computes torchvision's function: all eight archs, every layer, gradients, train-mode BN.
 
-vgg11 and vgg11_bn run at full width (through the converter); the deeper archs and the
-gradient and BatchNorm-training checks run on narrow nets (NARROW); the CLI's gradient test at
-full width. torchvision's modules get seeded random weights with non-trivial biases and
-BatchNorm statistics (`parity.randomize`). Activations and logits:
+vgg11 and vgg11_bn run at full width at 224x224 (through the converter); the deeper archs, the
+256x320 inputs and the gradient and BatchNorm-training checks run on narrow nets (NARROW); the
+CLI's gradient test at full width. torch runs single-threaded (`_one_torch_thread`): it is the
+reference, and the test workers already use every core. torchvision's modules get seeded
+random weights with non-trivial biases and BatchNorm statistics (`parity.randomize`).
+Activations and logits:
 max|diff| <= 1e-5 * max|torch value|, per layer.
 Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter (at
 least 1e-3 of the net's largest gradient: `parity.with_floor`), computed in float64 on both
@@ -37,8 +39,9 @@ GRADIENT_TOL = 1e-4
 # vgg11 and vgg11_bn (every layer kind) at full width through the converter, the deeper archs
 # narrow (`NARROW`: the same modules and numbering with a quarter of the channels; their
 # full-width shapes are the converter's tests'). 256x320 (pool5 is 8x10, so the adaptive pool
-# resamples) for vgg11 and vgg11_bn: the resampling acts on pool5, the same code after any
-# number of convs. Each arch's cases run together (`_net`).
+# resamples) for vgg11 and vgg11_bn, narrow: the resampling acts on pool5, the same code after
+# any number of convs of any width (the full-width layers are the 224x224 cases'). Each arch's
+# cases run together (`_net`).
 FULL_WIDTH = ("vgg11", "vgg11_bn")
 NARROW = {"width": 0.25, "head_width": 64}
 CASES = [
@@ -48,12 +51,20 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=2)  # tests run arch by arch: each net is built once
 def _net(arch):
     return torch_model(arch, seed=0, **({} if arch in FULL_WIDTH else NARROW))
 
 
-@functools.cache  # the gradient and BatchNorm-training tests share vgg11_bn's
+@functools.cache  # the gradient, BatchNorm-training and 256x320 tests share vgg11(_bn)'s
 def _narrow_net(arch):
     return torch_model(arch, seed=0, **NARROW)
 
@@ -103,7 +114,8 @@ def test_train_mode_batchnorm_matches_torchvision():
 
 @pytest.mark.parametrize(("arch", "size"), CASES, ids=[f"{a}-{h}x{w}" for a, (h, w) in CASES])
 def test_every_layer_matches_torchvision(arch, size):
-    report = compare(arch, _net(arch), _inputs(1, *size))
+    net = _net(arch) if size == (224, 224) else _narrow_net(arch)
+    report = compare(arch, net, _inputs(1, *size))
     names = [d.name for d in report.activations]
     config, batch_norm = TORCHVISION_ARCHS[arch]
     expected = [n for n in activation_names(config, batch_norm) if n != "fc8"]
