@@ -26,16 +26,25 @@ from vgg_flax.weights import checkpoint
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IDENTITY = {"arch": "A", "batch_norm": True, "num_classes": 10, **train_tiny.TINY}
+# XLA's quick compile, for runs that are only compared with runs compiled alike (never for the
+# resume test: its runs must be bit-identical to one compiled the way this process compiles).
+QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def start(
-    *args: str, slow: float = 0.0, devices: int = 0, extra_env: dict | None = None
+    *args: str,
+    slow: float = 0.0,
+    devices: int = 0,
+    quick: bool = False,
+    extra_env: dict | None = None,
 ) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     if slow:
         env["TRAIN_RUNNER_SLOW"] = str(slow)
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if quick:  # both sides of every comparison in the run compile alike
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {QUICK_COMPILE}".strip()
     return subprocess.Popen(
         [sys.executable, str(HERE / "train_runner.py"), *args],
         cwd=ROOT,
@@ -72,7 +81,7 @@ def final_state(workdir: Path) -> dict:
 
 def test_one_step_on_four_devices_equals_one_device(tmp_path):
     # One process with four simulated devices: the same step on a mesh of one and of all four.
-    finish(start("--one-step", str(tmp_path / "step.npz"), devices=4))
+    finish(start("--one-step", str(tmp_path / "step.npz"), devices=4, quick=True))
     saved = np.load(tmp_path / "step.npz")
     assert int(saved["one_devices"]) == 1 and int(saved["all_devices"]) == 4
     one = {name[3:]: saved[name] for name in saved.files if name.startswith("one")}
@@ -97,13 +106,13 @@ def test_one_step_on_four_devices_equals_one_device(tmp_path):
     assert float(four["_loss"]) == pytest.approx(float(one["_loss"]), rel=1e-5)
 
 
-@pytest.mark.tensorflow  # trains on TFDS digits in a subprocess
+@pytest.mark.tensorflow  # trains on TFDS digits, here and in subprocesses
 def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
-    straight = start(str(tmp_path / "straight"))
-    # Its first checkpoint comes after two steps: its initialisation and training step are then
-    # in JAX's persistent cache (conftest.py), and the runs started now read them from there
-    # instead of compiling them beside it.
-    wait_for(tmp_path / "straight" / "checkpoints" / "2", straight)
+    # The uninterrupted run and the resumed one train in this process (a subprocess of their
+    # own would add nothing but its start-up); the two that get signals are real processes.
+    # They start once the uninterrupted run is done: its initialisation and training step are
+    # then in JAX's persistent cache (conftest.py), and they read them from there.
+    trainer.train(small_config(), str(tmp_path / "straight"))
     killed = start(str(tmp_path / "killed"), slow=1.0)
     stopped = start(str(tmp_path / "stopped"), slow=1.0)
     wait_for(tmp_path / "killed" / "checkpoints" / "2", killed)
@@ -112,12 +121,10 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
     assert not (tmp_path / "killed" / "model").exists()  # it really died mid-run
     wait_for(tmp_path / "stopped" / "checkpoints" / "2", stopped)
     stopped.send_signal(signal.SIGTERM)
-    resumed = start(str(tmp_path / "killed"))
+    trainer.train(small_config(), str(tmp_path / "killed"))  # resumes the killed run
     summary = json.loads(finish(stopped).strip().splitlines()[-1])
     assert summary["stopped_by_sigterm"] and 2 <= summary["step"] < 6
     assert final_state(tmp_path / "stopped")[1]["step"] == summary["step"]
-    finish(straight)
-    finish(resumed)
 
     want, want_meta = final_state(tmp_path / "straight")
     got, got_meta = final_state(tmp_path / "killed")
@@ -149,7 +156,7 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tmp_path):
         return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
 
     first = strict((run / "summary.json").read_text())
-    trainer.train(small_config(), str(run))  # what the runner does, in this process
+    trainer.train(small_config(), str(run))
     again = strict((run / "summary.json").read_text())
     assert first["eval"] and again["eval"] == first["eval"]
 
@@ -221,6 +228,7 @@ def test_two_hosts_on_loopback_train_one_model(tmp_path):
                 "JAX_NUM_PROCESSES": "2",
                 "JAX_PROCESS_ID": str(index),
             },
+            quick=True,
         )
         for index in range(2)
     ]
