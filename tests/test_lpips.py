@@ -1,5 +1,10 @@
-"""LPIPS (VGG, v0.1 and v0.0) against the `lpips` package: same random trunk, its real heads."""
+"""LPIPS (VGG, v0.1 and v0.0) against the `lpips` package: same random trunk, its real heads.
 
+torch runs single-threaded (`_one_torch_thread`): it is the reference, and the test workers
+already use every core.
+"""
+
+import copy
 import functools
 import hashlib
 import http.server
@@ -31,12 +36,26 @@ quick_jit = functools.partial(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.cache
 def _pair(version: str, spatial: bool = False):
+    if spatial:
+        # lpips.LPIPS reads `spatial` in its forward only (its constructor just stores it): the
+        # spatial reference is the same trunk and heads with the flag set, as
+        # LPIPS(spatial=True) would hold them; ours takes `spatial=` per call.
+        reference, metric = _pair(version)
+        spatial_reference = copy.copy(reference)  # shares the modules, not the flag
+        spatial_reference.spatial = True
+        return spatial_reference, metric
     torch.manual_seed(0)
-    reference = lpips.LPIPS(
-        net="vgg", pnet_rand=True, version=version, spatial=spatial, verbose=False
-    )
+    reference = lpips.LPIPS(net="vgg", pnet_rand=True, version=version, verbose=False)
     state = {key: value.numpy() for key, value in reference.state_dict().items()}
     return reference, load_lpips(version, trunk=trunk_from_lpips(state))
 
