@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from vgg_flax import parallel
 from vgg_flax.data import config as config_lib
 from vgg_flax.data import preprocess, sources
-from vgg_flax.data._tf import tf
+from vgg_flax.data._tf import as_written, tf
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -101,7 +101,7 @@ def _with_options(ds: tf.data.Dataset, cfg: Mapping[str, Any]) -> tf.data.Datase
 
 
 def _with_positions(ds: tf.data.Dataset, offset: tf.Tensor | int = 0) -> tf.data.Dataset:
-    return ds.enumerate().map(lambda i, ex: {**ex, "position": i + offset})
+    return ds.enumerate().map(as_written(lambda i, ex: {**ex, "position": i + offset}))
 
 
 def _shuffled_epoch(records, size, cfg, seed, epoch):
@@ -200,7 +200,9 @@ class TrainIterator:
         records = self.source.read(self.cfg["split"], self.start, self.stop)
         size = self.stop - self.start
         epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-        return epochs.flat_map(lambda e: _shuffled_epoch(records, size, self.cfg, self.seed, e))
+        return epochs.flat_map(
+            as_written(lambda e: _shuffled_epoch(records, size, self.cfg, self.seed, e))
+        )
 
     def dataset(self, position: int | None = None) -> tf.data.Dataset:
         """The local batch stream from `position` (default: the current one), numpy-ready, with
@@ -213,13 +215,13 @@ class TrainIterator:
         # parallel map may run ahead of it by its buffer: allowed for in the margin).
         last_good = tf.Variable(tf.constant(position - 1, tf.int64), trainable=False)
         limit = MAX_CONSECUTIVE_FAILURES + 4 * (os.cpu_count() or 1) + self.local_batch_size
-        ds = ds.take_while(lambda ex: ex["position"] - last_good.read_value() <= limit)
+        ds = ds.take_while(as_written(lambda ex: ex["position"] - last_good.read_value() <= limit))
         ds = ds.map(
-            _train_transform(self.cfg, self.seed, self.host),
+            as_written(_train_transform(self.cfg, self.seed, self.host)),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         ).ignore_errors()
-        ds = ds.map(lambda ex: _noted(ex, last_good))  # sequential: positions arrive in order
+        ds = ds.map(as_written(lambda ex: _noted(ex, last_good)))  # sequential: positions in order
         ds = ds.batch(self.local_batch_size, drop_remainder=True).prefetch(self.cfg["prefetch"])
         return _with_options(ds, self.cfg)
 
@@ -360,7 +362,8 @@ def local_eval_batches(
     num_batches = math.ceil(largest / local_batch_size)
     records, count = _eval_records(source, cfg, split, host, hosts)
     transform = _eval_transform(cfg, preprocess.center_plan(cfg["eval_scale"], cfg["crop_size"]))
-    ds = records.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    ds = records.map(as_written(transform), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
     ds = _with_options(ds.batch(local_batch_size).prefetch(cfg["prefetch"]), cfg)
     crop = cfg["crop_size"]
     empty = {
@@ -442,7 +445,7 @@ def eval_images(
     records, count = _eval_records(source, cfg, split, host, hosts)
     transform = _eval_transform(cfg, plan)
     ds = records.map(
-        lambda ex: {**transform(ex), "key": ex["key"]},
+        as_written(lambda ex: {**transform(ex), "key": ex["key"]}),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

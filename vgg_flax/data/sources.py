@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vgg_flax.data import downloads, folder_split
-from vgg_flax.data._tf import tf, tfds
+from vgg_flax.data._tf import as_written, tf, tfds
 
 DIGITS_SPLITS = {"train": 1437, "test": 360}  # scikit-learn's 1,797 digits, split 80/20
 DIGITS_SPLIT_SEED = 0
@@ -156,7 +156,7 @@ def _class_folder_source(folder: str, val_fraction: float | None) -> Source:
         ds = tf.data.Dataset.from_tensor_slices(
             {"key": tf.constant(paths, tf.string), "label": tf.constant(labels, tf.int32)}
         )
-        return ds.map(lambda ex: {"image": tf.io.read_file(ex["key"]), **ex})
+        return ds.map(as_written(lambda ex: {"image": tf.io.read_file(ex["key"]), **ex}))
 
     sizes = {split: len(rows) for split, rows in parts.items()}
     return Source(folder, len(classes), sizes, reader, class_names=classes)
@@ -186,11 +186,13 @@ def _builder_source(name: str, builder: Any, *, slicing: bool) -> Source:
             ds = ds.skip(start).take(stop - start)
         key = key_feature or "tfds_id"
         return ds.map(
-            lambda ex: {
-                "image": ex[image_key],
-                "label": tf.cast(ex[label_key], tf.int32),
-                "key": ex[key] if ex[key].dtype == tf.string else tf.strings.as_string(ex[key]),
-            }
+            as_written(
+                lambda ex: {
+                    "image": ex[image_key],
+                    "label": tf.cast(ex[label_key], tf.int32),
+                    "key": ex[key] if ex[key].dtype == tf.string else tf.strings.as_string(ex[key]),
+                }
+            )
         )
 
     label = features[label_key]

@@ -9,7 +9,7 @@ import numpy as np
 
 from vgg_flax.data import config as config_lib
 from vgg_flax.data import pipeline, preprocess
-from vgg_flax.data._tf import tf
+from vgg_flax.data._tf import as_written, tf
 
 
 def _moments(image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -50,7 +50,7 @@ def pixel_stats(
 
     totals = None
     images = 0
-    for m in ds.map(moments, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+    for m in ds.map(as_written(moments), num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
         totals = m if totals is None else {k: totals[k] + m[k] for k in m}
         images += 1
     if totals is None:
