@@ -2,6 +2,7 @@
 undecodable files (named in the error, or skipped and counted)."""
 
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vgg_flax import cli, data, parallel
+from vgg_flax.data import sources
 from vgg_flax.data.config import resolve
 from vgg_flax.train import base_config
 
@@ -244,3 +246,35 @@ def test_class_folder_errors(tmp_path):
     assert data.make_source("folder", folder=str(tmp_path / "split")).split_sizes["val"] == 2
     with pytest.raises(ValueError, match="val_fraction=1.5 must be between 0 and 1"):
         resolve({"source": "folder", "val_fraction": 1.5})
+
+
+def test_the_digits_are_rendered_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGG_FLAX_CACHE", str(tmp_path))
+    path = sources.digits_cache_path(16)
+    assert path.startswith(str(tmp_path / "digits"))
+    made = sources._render_digits(16)
+    sources.digits_arrays.cache_clear()
+    try:
+        first = sources.digits_arrays(16)  # made, and kept
+        assert os.path.isfile(path)
+
+        def not_again(image_size):
+            raise AssertionError("rendered again although the cache holds them")
+
+        monkeypatch.setattr(sources, "_render_digits", not_again)
+        sources.digits_arrays.cache_clear()
+        read = sources.digits_arrays(16)
+        for split in sources.DIGITS_SPLITS:
+            for ours, fresh in zip((*first[split], *read[split]), 2 * made[split], strict=True):
+                np.testing.assert_array_equal(ours, fresh)
+                assert ours.dtype == fresh.dtype
+        # An unreadable or truncated file is made again (and replaced), never an error.
+        monkeypatch.setattr(sources, "_render_digits", lambda image_size: made)
+        for damaged in (b"not an npz", open(path, "rb").read()[:1000]):
+            with open(path, "wb") as file:
+                file.write(damaged)
+            sources.digits_arrays.cache_clear()
+            assert sources.digits_arrays(16)["test"][1].tolist() == made["test"][1].tolist()
+            assert os.path.getsize(path) > 1000
+    finally:
+        sources.digits_arrays.cache_clear()
