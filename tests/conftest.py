@@ -48,3 +48,18 @@ def digits_run(tmp_path_factory, worker_id) -> tuple[Path, dict]:
             summary = trainer.train(small_config(DIGITS_RUN), str(workdir))
             done.write_text(json.dumps(summary))
     return workdir, json.loads(done.read_text())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test file's references, restored after it.
+
+    The test workers already keep both cores busy: a second torch thread mostly waits.
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

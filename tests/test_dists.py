@@ -4,8 +4,8 @@ Both references build their trunk with torchvision's pretrained vgg16 (a downloa
 constructor is patched to hand them copies of one seeded random vgg16, whose weights vgg-flax
 loads too. piq downloads its own copy of alpha and beta, which it does not divide by their sum
 as the authors' code does: it gets the published file's, divided by their sum, so that both
-references compute the same DISTS. torch runs single-threaded (`_one_torch_thread`): it is the
-reference, and the test workers already use every core.
+references compute the same DISTS. torch runs single-threaded (the `one_torch_thread` fixture):
+it is the reference, and the test workers already use every core.
 """
 
 import copy
@@ -35,13 +35,7 @@ from vgg_flax.perceptual.dists import DISTS, load_dists
 from vgg_flax.weights import registry
 from vgg_flax.weights.loading import load
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -1,7 +1,7 @@
 """LPIPS (VGG, v0.1 and v0.0) against the `lpips` package: same random trunk, its real heads.
 
-torch runs single-threaded (`_one_torch_thread`): it is the reference, and the test workers
-already use every core.
+torch runs single-threaded (the `one_torch_thread` fixture): it is the reference, and the test
+workers already use every core.
 """
 
 import copy
@@ -36,12 +36,7 @@ quick_jit = functools.partial(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

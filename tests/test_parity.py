@@ -2,9 +2,10 @@
 
 vgg11 and vgg11_bn run at full width at 224x224 (through the converter); the deeper archs, the
 256x320 inputs and the gradient and BatchNorm-training checks run on narrow nets (NARROW); the
-CLI's gradient test at full width. torch runs single-threaded (`_one_torch_thread`): it is the
-reference, and the test workers already use every core. torchvision's modules get seeded
-random weights with non-trivial biases and BatchNorm statistics (`parity.randomize`).
+CLI's gradient test at full width. torch runs single-threaded (the `one_torch_thread`
+fixture): it is the reference, and the test workers already use every core. torchvision's
+modules get seeded random weights with non-trivial biases and BatchNorm statistics
+(`parity.randomize`).
 Activations and logits:
 max|diff| <= 1e-5 * max|torch value|, per layer.
 Gradients: for each parameter, max|diff| <= 1e-4 * max|torch gradient| of that parameter (at
@@ -51,12 +52,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache(maxsize=2)  # tests run arch by arch: each net is built once
