@@ -7,39 +7,22 @@ reach the head, the same at any channel count, and a 512x512 batch of the full n
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seeded import model_variables
 
 from vgg_flax import create_model
 from vgg_flax.evaluate import Scorer, evaluate_arrays
-
-
-def random_variables(model, seed: int = 0) -> dict:
-    """He-scaled random kernels, random biases and BatchNorm statistics, filled with NumPy."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            std = math.sqrt(2.0 / math.prod(shape[:-1]))
-            return rng.standard_normal(shape, np.float32) * np.float32(std)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.standard_normal(shape, np.float32) * np.float32(0.1)  # bias, mean
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
 def net():
     # Config A with BatchNorm (its shift is non-zero at padding), narrow (see the docstring).
     model = create_model("vgg11_bn", width=0.125, head_width=32)
-    return model, random_variables(model)
+    return model, model_variables(model, 224)
 
 
 def test_padded_masked_batch_equals_each_image_alone(net):

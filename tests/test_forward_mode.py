@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seeded import he_variables
 
 from vgg_flax.models import ops
 from vgg_flax.models.vgg import create_model
@@ -61,34 +62,15 @@ def _random_like(tree, seed: int):
     return jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), tree)
 
 
-def _variables(model, images):
-    """Seeded random variables of `model`, drawn from its shapes (no init program to compile).
-
-    He-scaled kernels keep activations near 1 through the layers (the paper's N(0, 0.01) shrinks
-    them ~100x per layer, to logits of 1e-14, where rounding would hide errors); biases and
-    BatchNorm's statistics are random too.
-    """
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            return rng.standard_normal(shape, np.float32) * np.float32(
-                np.sqrt(2 / np.prod(shape[:-1]))
-            )
-        if name in ("var", "scale"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)
-
-    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def setup(request):
     models = _models(VARIANTS[request.param])
     images = _normal((2, 32, 32, 3), 1)
-    return models, _variables(models["auto"], images), images
+    return (
+        models,
+        he_variables(jax.eval_shape(models["auto"].init, jax.random.key(0), images)),
+        images,
+    )
 
 
 def _apply(model, variables):
@@ -143,7 +125,7 @@ def test_dense_mode_jvp_and_hvp_equal_lax():
     # Dense evaluation runs fc6-fc8 as convolutions over the whole pool5 map (at 224: 7x7).
     models = _models({})
     images = _normal((1, 224, 224, 3), 1)
-    variables = _variables(models["auto"], images)
+    variables = he_variables(jax.eval_shape(models["auto"].init, jax.random.key(0), images))
     params, vector = variables["params"], _random_like(variables["params"], 5)
     out = {}
     for k, m in models.items():

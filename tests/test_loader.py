@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from seeded import model_variables
 
 import vgg_flax
 from vgg_flax.parity.torchvision import randomize
@@ -30,23 +31,6 @@ def vgg11_bn(tmp_path_factory):
 @functools.partial(jax.jit, static_argnums=0)  # equal models (two loads of one file): one compile
 def _apply(model, variables, images):
     return model.apply(variables, images)
-
-
-def _random_variables(model):
-    """Seeded random variables of `model`'s shapes (no init program to compile): He-scaled
-    kernels, positive BatchNorm variances and scales, small biases and means."""
-    rng = np.random.default_rng(1)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32)
-        if name in ("var", "scale"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)
-
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def test_pth_and_state_dict_load_with_the_architecture_inferred_from_shapes(vgg11_bn):
@@ -82,7 +66,7 @@ def test_save_records_the_whole_architecture_and_options_apply_on_load(tmp_path)
         layers, batch_norm=True, width=0.5, head_width=24, pooling="avg", num_classes=3
     )
     images = np.random.default_rng(0).standard_normal((2, 40, 40, 3), np.float32)
-    variables = _random_variables(model)
+    variables = model_variables(model, seed=1)
     path = vgg_flax.save(tmp_path / "ckpt", model, variables, note="tiny")
     loaded, restored, _ = vgg_flax.load(path, dtype=jnp.bfloat16)
     assert vgg_flax.architecture(loaded) == vgg_flax.architecture(model)
@@ -99,7 +83,7 @@ def test_recorded_preprocessing_picks_the_evaluation_normalisation(vgg11_bn, tmp
     from vgg_flax.weights.loading import read_usage
 
     model = vgg_flax.create_model("A", width=0.125, head_width=8, num_classes=3)
-    variables = _random_variables(model)
+    variables = model_variables(model, seed=1)
     trained = vgg_flax.save(tmp_path / "a", model, variables, preprocessing="torchvision")
     older = vgg_flax.save(tmp_path / "b", model, variables)  # records nothing: torchvision's
     pth = vgg11_bn[1]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from seeded import model_variables
 
 from vgg_flax import activation_names, create_model
 from vgg_flax.models.initializers import kernel_init
@@ -33,32 +34,10 @@ def _normal(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape, np.float32)
 
 
-def random_variables(model, side=32):
-    """Seeded random variables of `model`, drawn from its shapes: no init program to compile.
-
-    He-scaled kernels keep activations near unit size through the layers; biases and
-    BatchNorm's statistics are random too (the initialisers' own tests are below).
-    """
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            return rng.standard_normal(shape, np.float32) * np.float32(
-                np.sqrt(2 / np.prod(shape[:-1]))
-            )
-        if name in ("var", "scale"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)
-
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, 3)))
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
 def vgg_a():
     model = create_model("A", num_classes=10, **NARROW)
-    return model, random_variables(model)
+    return model, model_variables(model)
 
 
 def test_dense_average_equals_classification_at_224(vgg_a):
@@ -120,7 +99,7 @@ def test_dropout_acts_only_when_training(vgg_a):
 def test_batchnorm_model_updates_running_statistics():
     model = create_model("vgg11_bn", num_classes=5, **NARROW)
     images = _normal((2, 32, 32, 3), 7)
-    variables = random_variables(model)
+    variables = model_variables(model)
     assert set(variables) == {"params", "batch_stats"}
     _, updates = jax.jit(
         lambda v: model.apply(
@@ -172,7 +151,7 @@ def test_bfloat16_compute_with_float32_parameters(vgg_a):
 def test_a_lrn_runs():
     model = create_model("A-LRN", num_classes=3, **NARROW)
     images = jnp.ones((1, 32, 32, 3))
-    out = model.apply(random_variables(model), images, features=("norm1",))
+    out = model.apply(model_variables(model), images, features=("norm1",))
     assert out["norm1"].shape == (1, 32, 32, 8)
 
 
@@ -236,7 +215,7 @@ def test_a_users_own_layer_list_and_average_pooling():
     layers = (16, "M", 32, "1x1-8", "M", "LRN", 32, "M", 32, "M", 32, "M")
     model = create_model(layers, pooling="avg", head_width=16, num_classes=4)
     images = _normal((1, 64, 64, 3), 13)
-    variables = random_variables(model, 64)
+    variables = model_variables(model, 64)
     assert variables["params"]["conv2_2"]["kernel"].shape == (1, 1, 32, 8)
     feats = model.apply(variables, images, features=("relu1_1", "pool1", "norm3", "logits"))
     expected = feats["relu1_1"].reshape(1, 32, 2, 32, 2, 16).mean(axis=(2, 4))

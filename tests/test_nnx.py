@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from seeded import he_variables
 from test_train_loop import finish, start
 from train_runner import NNX_NET
 
@@ -44,24 +45,7 @@ EAGER_TOL = {"rtol": 1e-5, "atol": 1e-5}
 def narrow(arch: str = "A", batch_norm: bool = False, **options):
     """A narrow net and seeded random variables of unit-scale activations (no init compile)."""
     model = create_model(arch, batch_norm=batch_norm, **{**NARROW, "kernels": "lax", **options})
-    return model, random_variables(model)
-
-
-def random_variables(model):
-    """Seeded random variables of `model` that keep activations near unit size."""
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":  # He scaling
-            scale = np.sqrt(2 / np.prod(shape[:-1]))
-            return rng.standard_normal(shape, np.float32) * np.float32(scale)
-        if name in ("var", "scale"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)
-
-    shapes = vnnx.variable_shapes(model)
-    return jax.tree_util.tree_map_with_path(lambda p, x: jnp.asarray(draw(p, x)), shapes)
+    return model, he_variables(vnnx.variable_shapes(model))
 
 
 def images(n: int = 2, height: int = 32, width: int = 32, seed: int = 1) -> jax.Array:
@@ -209,7 +193,7 @@ def test_dense_modes_and_padded_batches():
 
 def test_full_width_vgg16_logits_features_and_gradients():
     linen = create_model("D")
-    model = vnnx.from_linen(linen, random_variables(linen))
+    model = vnnx.from_linen(linen, he_variables(vnnx.variable_shapes(linen)))
     assert model.fc6["kernel"].shape == (7, 7, 512, 4096)
     graphdef, state = nnx.split(model)
     x = images(1)
