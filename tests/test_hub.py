@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from seeded import model_variables
 
 import vgg_flax
 from vgg_flax.formats.safetensors import write_safetensors
@@ -136,23 +137,11 @@ DOCS_REPOS = {"timm/vgg16.tv_in1k": "vgg16", "timm/vgg16_bn.tv_in1k": "vgg16_bn"
 def _saved_folder(arch: str, folder) -> dict:
     """The files of a hub repository that vgg_flax.save wrote for a narrow `arch`.
 
-    Seeded random variables drawn with numpy from the init's shapes (no init to run op by op):
-    He-scaled kernels and BatchNorm variances in [0.5, 1.5] keep the outputs finite.
+    Seeded random variables drawn with numpy from the init's shapes (`seeded`: no init to run op
+    by op).
     """
     model = vgg_flax.create_model(arch, **NARROW)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            scale = np.float32(np.sqrt(2 / np.prod(shape[:-1])))
-            return rng.standard_normal(shape, np.float32) * scale
-        if name in ("var", "scale"):
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    variables = model_variables(model)
     vgg_flax.save(folder, model, variables, format="safetensors", layout="vgg-flax")
     return {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
 
