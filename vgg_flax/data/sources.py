@@ -103,7 +103,10 @@ def digits_cache_path(image_size: int) -> str:
 
     from vgg_flax.weights.download import cache_dir
 
-    version = importlib.metadata.version("scikit-learn")
+    try:
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:  # rendering names the missing extra
+        version = "missing"
     return os.path.join(cache_dir(), "digits", f"digits-{image_size}-sklearn{version}.npz")
 
 
