@@ -20,6 +20,7 @@ from vgg_flax.data._tf import as_written, tf, tfds
 DIGITS_SPLITS = {"train": 1437, "test": 360}  # scikit-learn's 1,797 digits, split 80/20
 DIGITS_SPLIT_SEED = 0
 _DIGITS_PARTS = ("images", "labels", "index")  # digits_arrays' tuples, as cached
+_DIGITS_FORMAT = 1  # in the cached file's name: raise it when _render_digits changes
 _KEY_FEATURES = ("file_name", "image/filename", "filename", "id")
 
 
@@ -98,7 +99,8 @@ def digits_arrays(image_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarra
 
 def digits_cache_path(image_size: int) -> str:
     """Where `digits_arrays(image_size)` is kept: $VGG_FLAX_CACHE (default ~/.cache/vgg_flax)
-    /digits/, one file per image size and scikit-learn version (its split could change)."""
+    /digits/, one file per image size, scikit-learn version (its split could change) and
+    rendering (`_DIGITS_FORMAT`)."""
     import importlib.metadata
 
     from vgg_flax.weights.download import cache_dir
@@ -107,7 +109,8 @@ def digits_cache_path(image_size: int) -> str:
         version = importlib.metadata.version("scikit-learn")
     except importlib.metadata.PackageNotFoundError:  # rendering names the missing extra
         version = "missing"
-    return os.path.join(cache_dir(), "digits", f"digits-{image_size}-sklearn{version}.npz")
+    name = f"digits-v{_DIGITS_FORMAT}-{image_size}-sklearn{version}.npz"
+    return os.path.join(cache_dir(), "digits", name)
 
 
 def _render_digits(image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
