@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from quick_compile import quick_compile_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "experiments" / "configs").glob("*.py"))
@@ -100,19 +101,14 @@ def test_wheel_has_no_top_level_experiments(installed):
     assert shipped == CONFIGS and "vgg_flax/train/base_config.py" in names
 
 
-# XLA's quick compile (no backend optimisation, no expensive LLVM passes) for a process whose
-# programs' speed is not the point: compiling, not running, dominates a 2-step run on a CPU.
-QUICK_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
 def run_vgg_flax(
     args: list[str], cwd: Path, path: Path, quick_compile: bool = False
 ) -> subprocess.CompletedProcess:
     """`vgg-flax ARGS` in `cwd`, with only `path` (and the environment's packages) importable;
-    `quick_compile`: with QUICK_XLA added to XLA_FLAGS."""
+    `quick_compile`: XLA's quick compile (tests/quick_compile.py)."""
     env = {**os.environ, "PYTHONPATH": str(path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     if quick_compile:
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA}".strip()
+        env = quick_compile_env(env)
     return subprocess.run(
         [sys.executable, "-c", VGG_FLAX, *args],
         cwd=cwd,

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from quick_compile import quick_compile_env
 
 import vgg_flax
 from vgg_flax import cli
@@ -53,14 +54,6 @@ FINETUNE = [
     "--config.optim.warmup_steps=0",
     "--config.log_every_steps=1",
 ]
-# XLA's quick compile (no backend optimisation, no expensive LLVM passes) for the processes this
-# file starts: compiling, not running, dominates their few steps of narrow nets on a CPU.
-QUICK_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def quick_compile_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` with QUICK_XLA added to its XLA_FLAGS."""
-    return {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {QUICK_XLA}".strip()}
 
 
 SMALL_INPUT = [

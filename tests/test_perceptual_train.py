@@ -6,14 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quick_compile import quick_compile_env
+
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def test_denoiser_trains_on_four_devices(tmp_path):
     # XLA_FLAGS must be set before JAX starts: a process of its own. XLA's quick compile
-    # (QUICK_COMPILE): compiling dominates 4 steps, and the loss falls however the step is compiled.
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {QUICK_COMPILE}")
+    # (tests/quick_compile.py): compiling dominates 4 steps, and the loss falls however the step
+    # is compiled.
+    env = quick_compile_env(dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     command = [sys.executable, "-m", "experiments.perceptual_train", "--trunk", "random"]
     command += ["--steps", "4", "--batch", "4", "--size", "32", "--skip-memory"]
     command += ["--lr", "3e-3", "--out", str(tmp_path)]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 import train_tiny
+from quick_compile import quick_compile_env
 from train_runner import small_config
 
 import vgg_flax
@@ -26,9 +27,6 @@ from vgg_flax.weights import checkpoint
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IDENTITY = {"arch": "A", "batch_norm": True, "num_classes": 10, **train_tiny.TINY}
-# XLA's quick compile, for runs that are only compared with runs compiled alike (never for the
-# resume test: its runs must be bit-identical to one compiled the way this process compiles).
-QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def start(
@@ -43,8 +41,10 @@ def start(
         env["TRAIN_RUNNER_SLOW"] = str(slow)
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    if quick:  # both sides of every comparison in the run compile alike
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {QUICK_COMPILE}".strip()
+    # XLA's quick compile only for runs compared with runs compiled alike: never for the resume
+    # test, whose runs must be bit-identical to one compiled the way this process compiles.
+    if quick:
+        env = quick_compile_env(env)
     return subprocess.Popen(
         [sys.executable, str(HERE / "train_runner.py"), *args],
         cwd=ROOT,
