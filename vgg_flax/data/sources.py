@@ -103,7 +103,7 @@ def digits_cache_path(image_size: int) -> str:
     rendering (`_DIGITS_FORMAT`)."""
     import importlib.metadata
 
-    from vgg_flax.weights.download import cache_dir
+    from vgg_flax.cache_folder import cache_dir
 
     try:
         version = importlib.metadata.version("scikit-learn")

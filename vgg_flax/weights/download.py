@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from vgg_flax.cache_folder import cache_dir as cache_dir
 from vgg_flax.models.vgg import VGG
 from vgg_flax.weights import hub
 from vgg_flax.weights import registry as weights
@@ -51,14 +52,6 @@ UNKNOWN_SIZE_LIMIT = 1 << 30
 SIZE_SLACK = 1 << 20
 # Fields fixed by the weights' tensors: a pretrained model cannot change them.
 _FIXED_BY_WEIGHTS = ("width", "head_width")
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> str:
-    """The weights folder: `override`, else $VGG_FLAX_CACHE, else ~/.cache/vgg_flax."""
-    if override is not None:
-        return os.fspath(override)
-    default = os.path.join(os.path.expanduser("~"), ".cache", "vgg_flax")
-    return os.environ.get("VGG_FLAX_CACHE", default)
 
 
 def torch_hub_dir() -> str:
