@@ -195,6 +195,28 @@ def test_sigterm_during_a_download_leaves_no_partial(cache):
     assert leftovers(cache) == []
 
 
+def test_sigterm_just_after_the_partial_is_made_leaves_none(cache, monkeypatch):
+    """The narrowest window: SIGTERM as open() returns the new .part file, before any write."""
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    real_open = open
+
+    def open_then_sigterm(path, *args, **kwargs):
+        made = real_open(path, *args, **kwargs)
+        if str(path).endswith(".part"):
+            signal.raise_signal(signal.SIGTERM)  # its handler raises here, in open's caller
+        return made
+
+    monkeypatch.setattr(downloads, "open", open_then_sigterm, raising=False)
+    try:
+        with pytest.raises(DownloadError, match="SIGTERM"):
+            fetch(NAME, base_url="http://127.0.0.1:9", cache=cache, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]  # re-sent to the handler that was there before
+    assert leftovers(cache) == []
+
+
 def test_after_sigkill_the_next_fetch_removes_the_partial(cache, tmp_path):
     with raw_server(slow) as url:
         process = _fetch_in_subprocess(url, cache)

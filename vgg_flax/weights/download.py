@@ -194,8 +194,11 @@ def _alive(pid: int) -> bool:
 def _partial(folder: str, file: str) -> Iterator[tuple[Any, str]]:
     """A new locked `.part` file for `file` in `folder`, removed unless renamed away."""
     path = os.path.join(folder, f".{file}.{os.getpid()}-{secrets.token_hex(4)}.part")
-    out = open(path, "xb")
+    out = None
+    # The file exists once open() has made it: a SIGTERM raised right after must still remove
+    # it, so the cleanup goes by the (unique) path and open() runs inside the try.
     try:
+        out = open(path, "xb")
         fcntl.flock(out, fcntl.LOCK_EX)
         yield out, path
     finally:
@@ -203,7 +206,8 @@ def _partial(folder: str, file: str) -> Iterator[tuple[Any, str]]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # renamed onto the target on success: nothing to remove
         finally:
-            out.close()
+            if out is not None:
+                out.close()
 
 
 class _Terminated(BaseException):
