@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from vgg_flax import host_memory
+
 
 def _installed(name: str) -> bool:
     """Whether top-level module `name` can be imported (without importing it)."""
@@ -76,6 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Cache every program, however quick to compile: the suite's many small programs add up.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # Large buffers reused rather than mapped afresh (vgg_flax/host_memory.py): here, and in
+    # every process a test starts, through glibc's environment variables.
+    for name, value in host_memory.ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    host_memory.keep_freed_memory()
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
+from vgg_flax.host_memory import keep_freed_memory
+
 # Modules that register a subcommand; imported lazily so `vgg-flax summary` stays light.
 SUBCOMMAND_MODULES = (
     "vgg_flax.cli.summary",
@@ -108,6 +110,7 @@ def entry_point(prog: str) -> Callable[[Callable[[list[str]], int]], Callable[..
             argv, debug = debug_requested(sys.argv[1:] if argv is None else argv)
             debug, outer = debug or _debugging, _debugging
             _debugging = debug
+            keep_freed_memory()  # XLA:CPU's large buffers reused, not mapped afresh each step
             try:
                 return int(main(argv) or 0)
             except Exception as error:
