@@ -29,7 +29,7 @@ from vgg_flax.models.arch import arch_label
 from vgg_flax.models.vgg import architecture, create_model
 from vgg_flax.parallel import make_mesh, replicated
 from vgg_flax.train import metrics as metrics_lib
-from vgg_flax.train import optim
+from vgg_flax.train import optim, step_cache
 from vgg_flax.train.init import copy_layers, init_variables, warm_start_layers, with_fresh_head
 from vgg_flax.train.step import create_state, make_eval_step, make_train_step, model_variables
 from vgg_flax.transfer import finetune
@@ -139,7 +139,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     config = finetune.complete(config)  # fine-tuning: the weights' architecture and inputs
     check_config(config)
     started = time.perf_counter()
-    compile_cache.enable()  # a rerun of the same config skips compiling its steps
+    cache = compile_cache.enable()  # a rerun of the same config skips compiling its steps
     # ----- Set up: hosts, devices, the mesh --------------------------------------------------
     initialize_distributed()
     mesh = make_mesh()
@@ -232,6 +232,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         l2_mask=config.optim.l2_mask,
         frozen_bn=frozen_bn,
     )
+    if cache is not None and jax.process_count() == 1:  # and tracing it, read from the cache
+        identity = {
+            "config": config.to_dict(),
+            "model": repr(model),
+            "steps_per_epoch": steps_per_epoch,
+            "layer_rates": layer_rates,
+            "frozen_bn": frozen_bn,
+        }
+        train_step = step_cache.cached_train_step(train_step, mesh, cache, identity)
     eval_step = make_eval_step(model, mesh)
     # Only the "plateau" schedule reads the plateau rule's drops; the others ignore evaluations.
     record_evaluation = jax.jit(
