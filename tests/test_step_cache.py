@@ -23,7 +23,11 @@ IDENTITY = {"config": "tiny A with BatchNorm"}
 
 @pytest.fixture(scope="module")
 def parts():
-    model = create_model("A", batch_norm=True, num_classes=10, weight_init="torchvision", **TINY)
+    # "lax" kernels compile in a third of the time of the CPU forms; what is stored does not
+    # depend on them.
+    model = create_model(
+        "A", batch_norm=True, num_classes=10, weight_init="torchvision", kernels="lax", **TINY
+    )
     mesh = make_mesh()
     tx = make_optimizer(lambda step: 0.01, momentum=0.9)
     variables = jax.device_get(init_variables(model, jax.random.key(0), 32))
@@ -67,17 +71,13 @@ def test_stored_step_gives_the_traced_steps_numbers_and_is_read_without_tracing(
     assert _equal(again, traced)
 
 
-def test_another_identity_or_batch_is_another_file_and_a_damaged_file_is_replaced(parts, tmp_path):
-    mesh, tx, variables, batch, step = parts
+def test_another_identity_is_another_file_and_a_damaged_file_is_replaced(parts, tmp_path):
+    mesh, *_, step = parts
     folder = tmp_path / step_cache.FOLDER
     _two_steps(step_cache.cached_train_step(step, mesh, tmp_path, IDENTITY), parts)
     (first,) = folder.iterdir()
     _two_steps(step_cache.cached_train_step(step, mesh, tmp_path, {"config": "other"}), parts)
     assert len(list(folder.iterdir())) == 2
-    half = jax.tree.map(lambda x: x[:4], jax.device_get(batch))
-    state = create_state(variables, jax.random.key(1), mesh, tx)
-    step_cache.cached_train_step(step, mesh, tmp_path, IDENTITY)(state, to_global(half, mesh))
-    assert len(list(folder.iterdir())) == 3
 
     first.write_bytes(b"not a stored step")
     again = _two_steps(step_cache.cached_train_step(step, mesh, tmp_path, IDENTITY), parts)
@@ -87,7 +87,7 @@ def test_another_identity_or_batch_is_another_file_and_a_damaged_file_is_replace
 
 @pytest.mark.tensorflow  # trains on the digits
 def test_a_rerun_of_the_trainer_reads_its_stored_step(tmp_path, monkeypatch):
-    config = small_config({"total_steps": 2, "checkpoint.every_steps": 2})
+    config = small_config({"total_steps": 1, "checkpoint.every_steps": 1})
     cache = tmp_path / "cache"  # the steps' folder only: compiled programs stay in the session's
     monkeypatch.setattr(trainer.compile_cache, "enable", lambda: str(cache))
     first = trainer.train(config, str(tmp_path / "one"))
@@ -98,8 +98,10 @@ def test_a_rerun_of_the_trainer_reads_its_stored_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(step_cache, "_export", no_tracing)
     second = trainer.train(config, str(tmp_path / "two"))
-    assert second["eval"] == first["eval"] and list((cache / step_cache.FOLDER).iterdir()) == [
-        stored
-    ]
+    assert (
+        first["eval"]
+        and second["eval"] == first["eval"]
+        and list((cache / step_cache.FOLDER).iterdir()) == [stored]
+    )
     models = [vgg_flax.load(tmp_path / run / "model")[1] for run in ("one", "two")]
     assert _equal(*models)
