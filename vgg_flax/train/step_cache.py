@@ -66,15 +66,26 @@ def cached_train_step(step: Step, mesh: Mesh, cache: str | os.PathLike, identity
             (x.shape, x.dtype, x.sharding) for x in (*leaves, *batch_leaves)
         )
         if signature not in calls:
-            calls[signature] = _stored_call(step, treedef, leaves, batch, mesh, folder, identity)
+            calls[signature] = _stored_call(
+                python_step, treedef, leaves, batch, mesh, folder, identity
+            )
         new_leaves, metrics = calls[signature](tuple(leaves), batch)
         return jax.tree.unflatten(treedef, new_leaves), metrics
 
     return run
 
 
+def _step_shardings(mesh: Mesh) -> dict[str, Any]:
+    """The training step's shardings (as `make_train_step` gives them): state replicated,
+    batch split over the mesh, results replicated."""
+    return {
+        "in_shardings": (replicated(mesh), batch_sharding(mesh)),
+        "out_shardings": (replicated(mesh), replicated(mesh)),
+    }
+
+
 def _stored_call(
-    step: Step,
+    python_step: Step,
     treedef: Any,
     leaves: list,
     batch: dict[str, Any],
@@ -84,11 +95,10 @@ def _stored_call(
 ) -> Callable:
     """A jitted call of the stored step for these arguments (stored first when missing)."""
     path = folder / f"{step_key(identity, (leaves, batch), mesh)}.bin"
-    exported = _load(path) or _export(step, treedef, leaves, batch, mesh, path)
+    exported = _load(path) or _export(python_step, treedef, leaves, batch, mesh, path)
     return jax.jit(
         exported.call,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        **_step_shardings(mesh),
         donate_argnums=0,
         compiler_options=compiler_options(),
     )
@@ -124,22 +134,17 @@ def _load(path: Path) -> jax.export.Exported | None:
 
 
 def _export(
-    step: Step, treedef: Any, leaves: list, batch: dict[str, Any], mesh: Mesh, path: Path
+    python_step: Step, treedef: Any, leaves: list, batch: dict[str, Any], mesh: Mesh, path: Path
 ) -> jax.export.Exported:
-    """Trace `step` for these arguments as a flat program, store it at `path`, return it."""
-
-    python_step = step.__wrapped__  # jit's options are given again below
+    """Trace `python_step` (the jitted step's own function; its jit options are given again
+    here) for these arguments as a flat program, store it at `path`, return it."""
 
     # Flat state leaves in and out: the optimiser's state classes need no serialization rules.
     def flat_step(leaves: tuple, batch: dict[str, Any]):
         new_state, metrics = python_step(jax.tree.unflatten(treedef, leaves), batch)
         return tuple(jax.tree.leaves(new_state)), metrics
 
-    jitted = jax.jit(
-        flat_step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-    )
+    jitted = jax.jit(flat_step, **_step_shardings(mesh))
     shapes = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         (tuple(leaves), batch),
