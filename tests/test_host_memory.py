@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vgg_flax import host_memory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +54,14 @@ def _faults(how: str, **env: str) -> list[str]:
     ).stdout.split()
 
 
-def test_freed_blocks_are_reused_without_page_faults_in_every_program():
-    (fresh,) = map(int, _faults("none"))
+@pytest.fixture(scope="module")
+def fresh() -> int:
+    """Faults with glibc's defaults: each block mapped afresh."""
+    (faults,) = map(int, _faults("none"))
+    return faults
+
+
+def test_freed_blocks_are_reused_without_page_faults_in_every_program(fresh):
     applied, kept = _faults("direct")
     (in_program,) = map(int, _faults("program"))
     assert applied == "True"
@@ -61,8 +69,7 @@ def test_freed_blocks_are_reused_without_page_faults_in_every_program():
     assert fresh >= 100 and int(kept) * 10 < fresh and in_program * 10 < fresh
 
 
-def test_turned_off_or_given_by_environment():
-    (fresh,) = map(int, _faults("none"))
+def test_turned_off_or_given_by_environment(fresh):
     off, still_fresh = _faults("direct", **{host_memory.ENV: "0"})
     (by_environment,) = map(int, _faults("none", **host_memory.ENVIRONMENT))
     assert off == "False" and int(still_fresh) * 10 > fresh
